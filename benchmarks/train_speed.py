@@ -1,0 +1,126 @@
+"""Training speed, side by side in one run: a plain HookedTransformer loop vs the fast trainer, and time to grok.
+
+    .venv/bin/python benchmarks/train_speed.py            # prints a table, writes benchmarks/results/train_speed.json
+    .venv/bin/python benchmarks/train_speed.py --quick    # fewer repeats, no time-to-grok run
+
+The loops run in turns (a few steps of each, repeated) so a noisy machine slows them alike; the table
+reports the median milliseconds per full-batch step (p = 113, 30% of pairs, the workshop preset's optimiser).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.data import make_dataset, train_test_split  # noqa: E402
+from utils.model import make_model  # noqa: E402
+from utils.train import TrainConfig, _Compiled, _train_loss, loss_fn, train, trainable_params  # noqa: E402
+from utils.train import _model_cfg  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
+
+
+def plain_loop(cfg: TrainConfig):
+    """The obvious loop: HookedTransformer forward on (a, b, =), loss at the last position, torch AdamW."""
+    model = make_model(_model_cfg(cfg))
+    tokens, labels = make_dataset(cfg.p)
+    idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0]
+    x, y = tokens[idx], labels[idx]
+    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=cfg.lr,
+                            betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def fast_loop(cfg: TrainConfig, compile: bool):
+    """utils.train's step: lookup tables, last position only, fused AdamW, optionally torch.compile."""
+    params = trainable_params(make_model(_model_cfg(cfg)))
+    tokens, labels = make_dataset(cfg.p)
+    idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0]
+    a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+    loss = _Compiled(_train_loss, compile)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(params, a, b, y).backward()
+        opt.step()
+    return step
+
+
+def time_steps(loops: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Milliseconds per step of each loop, measured in interleaved rounds."""
+    times = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                step()
+                times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def time_to_grok(cfg: TrainConfig) -> dict:
+    """Train the preset from scratch (compile included) and read off when it memorised and grokked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run = train(cfg, Path(tmp) / "run", compile=True, progress=False)
+        total = time.perf_counter() - start
+    m = run.metrics
+    first = lambda mask: int(m.step[mask].min()) if mask.any() else None  # noqa: E731
+    grok_step = first(m.test_acc >= 0.99)
+    return {"steps": cfg.steps, "wall_s": round(total, 1), "train_acc_99_step": first(m.train_acc >= 0.99),
+            "test_acc_99_step": grok_step, "test_acc_999_step": first(m.test_acc >= 0.999),
+            "wall_s_to_grok": round(m.elapsed_s[m.step == grok_step].item(), 1) if grok_step is not None else None,
+            "final_test_acc": float(m.test_acc.iloc[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and no time-to-grok run")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    cfg = TrainConfig.preset("workshop")
+    loops = {"HookedTransformer loop": plain_loop(cfg), "fast, eager": fast_loop(cfg, compile=False),
+             "fast, torch.compile (default)": fast_loop(cfg, compile=True)}
+    for step in loops.values():  # warm up (and compile) outside the timing
+        for _ in range(3):
+            step()
+    times = time_steps(loops, rounds=3 if args.quick else 8, per_round=5)
+    base = statistics.median(times["HookedTransformer loop"])
+    rows = [{"loop": name, "ms_per_step": round(statistics.median(t), 1), "speedup": round(base / statistics.median(t), 2)}
+            for name, t in times.items()]
+    result = {"machine": {"cpu_count": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+                          "processor": platform.processor() or platform.machine()},
+              "step_time": rows, "time_to_grok": None if args.quick else time_to_grok(cfg)}
+
+    print(f"\nms per full-batch training step (p={cfg.p}, {len(train_test_split(cfg.p, cfg.frac_train, 0)[0])} pairs, "
+          f"{torch.get_num_threads()} threads, median of interleaved rounds)")
+    print(f"{'loop':32} {'ms/step':>9} {'speed-up':>9}")
+    for row in rows:
+        print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x")
+    if result["time_to_grok"]:
+        g = result["time_to_grok"]
+        print(f"\nworkshop preset ({g['steps']} steps): train acc ≥ 99% at step {g['train_acc_99_step']}, "
+              f"test acc ≥ 99% at step {g['test_acc_99_step']} ({g['wall_s_to_grok']} s), ≥ 99.9% at step "
+              f"{g['test_acc_999_step']}; whole run {g['wall_s']} s, final test acc {g['final_test_acc']:.2%}")
+    if not args.quick:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
