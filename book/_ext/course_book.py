@@ -1,0 +1,86 @@
+"""Sphinx extension for the course book: one offline copy of plotly.js and circuitsvis, and a kernel set-up.
+
+- Notebook kernels started by the build inherit this process's environment: it puts the repository on
+  PYTHONPATH (so `import utils` works from solutions/), tells utils.plotting that the book is being
+  built (widgets then leave their JavaScript to the page), and points IPYTHONDIR at a profile whose
+  startup file makes `tqdm.auto` the console bar: it writes to stderr, which the book removes, where
+  an ipywidgets bar would leave an empty box and widget state on a page that cannot draw it.
+- The JavaScript bundles named by `utils.plotting.book_assets()` are copied from the installed packages
+  into `_static/course/` once per build and loaded only by pages whose HTML uses them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from sphinx.application import Sphinx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # book/_ext/course_book.py -> the repository
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from utils.plotting import BOOK_BUILD_ENV, book_assets  # noqa: E402  (needs the path above)
+
+STATIC_DIR = "course"
+KERNEL_STARTUP = """\
+# Written by book/_ext/course_book.py for the kernels of a book build: console progress bars.
+import tqdm.auto, tqdm.autonotebook, tqdm.std
+tqdm.auto.tqdm = tqdm.autonotebook.tqdm = tqdm.std.tqdm
+tqdm.auto.trange = tqdm.autonotebook.trange = tqdm.std.trange
+"""
+
+
+def _kernel_environment(app: Sphinx) -> None:
+    """Environment variables (and an IPython profile) every notebook kernel of this build inherits."""
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ[BOOK_BUILD_ENV] = "1"
+    ipython_dir = Path(app.doctreedir).parent / ".ipython"
+    startup = ipython_dir / "profile_default" / "startup" / "00-course-book.py"
+    startup.parent.mkdir(parents=True, exist_ok=True)
+    startup.write_text(KERNEL_STARTUP, encoding="utf-8")
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
+def _add_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Load each bundle in the <head> of the pages whose body uses it (before the figures' own scripts)."""
+    body = context.get("body", "")
+    for name, (_, marker) in book_assets().items():
+        if marker in body:
+            app.add_js_file(f"{STATIC_DIR}/{name}", priority=400)
+    _drop_duplicate_scripts(context["script_files"])
+
+
+def _drop_duplicate_scripts(scripts: list) -> None:
+    """Keep the first of equal <script>s: Sphinx 7.4 lists inline ones added by extensions twice (filename
+    None, then ''), and sphinx-thebe's `const THEBE_JS_URL` declared twice is a JavaScript error."""
+    seen = set()
+    unique = []
+    for script in scripts:
+        key = (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
+def _copy_assets(app: Sphinx, exception: Exception | None) -> None:
+    """Copy the bundles from the installed packages into the HTML build's _static/course/."""
+    if exception is not None or app.builder.format != "html":
+        return
+    target = Path(app.outdir) / "_static" / STATIC_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name, (source, _) in book_assets().items():
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: reinstall the package that ships it "
+                                    f"(pip install -r requirements.txt).")
+        shutil.copyfile(source, target / name)
+
+
+def setup(app: Sphinx) -> dict:
+    """Prepare the kernels' environment and hook the bundles into the HTML build."""
+    _kernel_environment(app)
+    app.connect("html-page-context", _add_page_scripts)
+    app.connect("build-finished", _copy_assets)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
