@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 BOOK_BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-.PHONY: book test notebooks check-notebooks train benchmark clean help
+.PHONY: book test notebooks check-notebooks train benchmark record offline clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -31,8 +31,20 @@ notebooks: $(STAMP)  ## regenerate chapters/ (exercise twins) and the generated 
 train: $(STAMP)  ## train (or load) the workshop run in runs/
 	$(PY) -m utils.train --preset workshop
 
-benchmark: $(STAMP)  ## measure training speed and time to grok; writes benchmarks/results/train_speed.json
+benchmark: $(STAMP)  ## measure training speed, time to grok and batched training; writes benchmarks/results/*.json
 	$(PY) benchmarks/train_speed.py
+	test ! -f benchmarks/train_many.py || $(PY) benchmarks/train_many.py
+
+record:  ## after `make test`: copy its records (chapter times, check messages) to book/records/ for the instructor guide
+	test -f artifacts/chapter_times.json && test -f artifacts/check_messages.json || \
+	  { echo "no records in artifacts/: run 'make test' first"; exit 1; }
+	mkdir -p book/records && cp artifacts/chapter_times.json artifacts/check_messages.json book/records/
+
+offline: book  ## for a room without internet: the book, every trained run and the code in dist/grokking-course-offline.tar.gz
+	mkdir -p dist
+	tar czf dist/grokking-course-offline.tar.gz --exclude=./.venv --exclude=./dist --exclude=./.git \
+	  --exclude=./artifacts --exclude='*.lock' .
+	@echo "dist/grokking-course-offline.tar.gz: unpack it and open _build/html/index.html"
 
 clean:  ## remove the built book and the run cache (keeps the virtual environment)
 	rm -rf _build runs artifacts

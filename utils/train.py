@@ -129,25 +129,25 @@ def trainable_params(model: HookedTransformer) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-class _WeightedRows(torch.autograd.Function):
-    """out[n, m] = Σ_h w[n, h] · table[idx[n], h, m], with a backward that scatters by one-hot matmul.
+class _Rows(torch.autograd.Function):
+    """table[idx] (rows of a lookup table, [p, ...] → [n, ...]) whose backward sums per token by one-hot matmul.
 
-    Autograd's backward of `table[idx]` is a scatter-add, which compiles to atomic adds on CPU and took ~40% of a
-    step; the one-hot matmul `onehot(idx)ᵀ @ grad` computes the same sums with a fast matrix product.
+    Autograd's backward of `table[idx]` is a scatter-add, which compiles to atomic adds on CPU: slow (it took
+    ~40% of a step) and not deterministic (the order of the additions varies). `onehot(idx)ᵀ @ grad` computes
+    the same sums as a matrix product: fast, and the same every run.
     """
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(table, idx, w)
-        return einops.einsum(w, table[idx], "n h, n h m -> n m")
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.n_rows = table.shape[0]
+        return table[idx]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        table, idx, w = ctx.saved_tensors
-        onehot = F.one_hot(idx, table.shape[0]).to(grad.dtype)  # [n, p]
-        grad_rows = einops.einsum(w, grad, "n h, n m -> n h m").flatten(1)  # [n, h·m]
-        grad_table = (onehot.T @ grad_rows).view_as(table)  # [p, h, m]
-        return grad_table, None, einops.einsum(table[idx], grad, "n h m, n m -> n h")
+        (idx,) = ctx.saved_tensors
+        onehot = F.one_hot(idx, ctx.n_rows).to(grad.dtype)  # [n, p]
+        return (onehot.T @ grad.flatten(1)).view(ctx.n_rows, *grad.shape[1:]), None
 
 
 def fast_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,9 +161,10 @@ def fast_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tenso
     keys = [einops.einsum(x, W_K, "... d, h d e -> ... h e") for x in (x0, x1, x2)]
     scores = [einops.einsum(k, q, "... h e, h e -> ... h") / math.sqrt(d_head) for k in keys]  # [p, h] ×2, [h]
     values = [einops.einsum(x, W_V, W_O, "... d, h d e, h e m -> ... h m") for x in (x0, x1, x2)]
-    attn = torch.stack([scores[0][a], scores[1][b], scores[2].expand(len(a), -1)], dim=-1).softmax(-1)  # [n, h, 3]
-    resid = (x2 + _WeightedRows.apply(values[0], a, attn[..., 0])  # [n, d_model]
-             + _WeightedRows.apply(values[1], b, attn[..., 1])
+    rows = _Rows.apply
+    attn = torch.stack([rows(scores[0], a), rows(scores[1], b), scores[2].expand(len(a), -1)], dim=-1).softmax(-1)
+    resid = (x2 + einops.einsum(attn[..., 0], rows(values[0], a), "n h, n h m -> n m")  # [n, d_model]
+             + einops.einsum(attn[..., 1], rows(values[1], b), "n h, n h m -> n m")
              + einops.einsum(attn[..., 2], values[2], "n h, h m -> n m"))
     hidden = torch.relu(resid @ params["blocks.0.mlp.W_in"])  # [n, d_mlp]
     resid = resid + hidden @ params["blocks.0.mlp.W_out"]

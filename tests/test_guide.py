@@ -1,0 +1,63 @@
+"""The instructor guide is computed from the chapters and from the test run's records, and stays in step with them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tools import guide
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "book" / "instructor_guide.ipynb"
+
+
+def test_every_chapter_states_its_goals_time_and_checks():
+    found = guide.chapters()
+    assert [c.path for c in found] == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    for chapter in found:
+        assert chapter.goals and all(len(goal) > 10 for goal in chapter.goals), chapter.path
+        assert 10 <= chapter.minutes <= 180, chapter.path
+
+
+def test_the_recorded_timings_cover_every_chapter_and_passed():
+    """`make test` then `make record` after adding or changing a chapter keeps the guide's schedules true."""
+    recorded = json.loads((guide.RECORDS / "chapter_times.json").read_text())["notebooks"]
+    for chapter in guide.chapters():
+        assert chapter.path in recorded, f"{chapter.path} has no recorded execution time: run `make test` then `make record`"
+        assert recorded[chapter.path]["passed"], f"{chapter.path} failed in the recorded run"
+
+
+def test_every_check_a_chapter_calls_has_recorded_pitfalls():
+    messages = guide.check_messages()
+    missing = [check for chapter in guide.chapters() for check in chapter.checks if not messages.get(check)]
+    assert not missing, f"checks without recorded wrong-answer messages (test them in tests/test_checks.py): {missing}"
+
+
+def make_chapter(number: int, minutes: int) -> guide.Chapter:
+    return guide.Chapter(f"solutions/{number:02d}_x.ipynb", f"chapter {number}", ["do a thing well"], minutes, [])
+
+
+@pytest.mark.parametrize("session", [120, 210, 450])
+def test_a_schedule_keeps_chapter_order_and_fits_the_session(session):
+    chapters = [make_chapter(n, m) for n, m in [(1, 60), (2, 75), (3, 70), (4, 50), (5, 45), (6, 60)]]
+    seconds = {c.path: 90.0 for c in chapters}  # 1.5 min of execution each → slots of minutes + 2
+    rows, left = guide.schedule(session, chapters, seconds, lunch_after=180 if session > 300 else None)
+    assert sum(minutes for _, minutes in rows) <= session
+    scheduled = [name for name, _ in rows if name.startswith("Chapter")]
+    assert scheduled == [f"Chapter {c.number}: {c.title}" for c in chapters[:len(scheduled)]]
+    assert left == chapters[len(scheduled):]
+    assert all(minutes == c.minutes + 2 for (name, minutes), c in zip([r for r in rows if r[0].startswith("Chapter")], chapters))
+
+
+def test_a_long_day_gets_breaks_and_one_lunch():
+    chapters = [make_chapter(n, 60) for n in range(1, 7)]
+    rows, _ = guide.schedule(450, chapters, {}, lunch_after=180)
+    names = [name for name, _ in rows]
+    assert names.count("Lunch") == 1 and "Break" in names
+
+
+def test_the_guide_is_stored_without_outputs():
+    nb = nbformat.read(GUIDE, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")

@@ -1,0 +1,86 @@
+"""What a test run records for the instructor guide: each chapter's execution time and each check's messages.
+
+Loaded as a pytest plugin by the root conftest.py. After a test run:
+- artifacts/chapter_times.json: per notebook executed by nbval, the wall time of all its cells (kernel start
+  included) and whether every cell passed; entries for notebooks not run this time are kept;
+- artifacts/check_messages.json: per exercise check, the messages it gave the wrong answers in
+  tests/test_checks.py (recorded through `record_check_message`), i.e. the pitfalls it recognises.
+`make record` copies both into book/records/, the files the instructor guide's tables are computed from.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+BOOK_RECORDS = ROOT / "book" / "records"
+TIMES, MESSAGES = "chapter_times.json", "check_messages.json"
+
+_seconds: dict[str, float] = defaultdict(float)
+_cells: dict[str, int] = defaultdict(int)
+_failed: set[str] = set()
+_messages: dict[str, list[str]] = defaultdict(list)
+
+
+def record_check_message(check_name: str, message: str) -> None:
+    """Remember a message an exercise check gave a wrong answer (called by tests/test_checks.py)."""
+    if message not in _messages[check_name]:
+        _messages[check_name].append(message)
+
+
+def _notebook(nodeid: str) -> str | None:
+    """'solutions/01_training.ipynb' for an nbval item id ('solutions/01_training.ipynb::Cell 3'), else None."""
+    path = nodeid.split("::", 1)[0]
+    return path if path.endswith(".ipynb") else None
+
+
+def pytest_runtest_logreport(report) -> None:
+    notebook = _notebook(report.nodeid)
+    if notebook is None:
+        return
+    _seconds[notebook] += report.duration
+    if report.when == "call":
+        _cells[notebook] += 1
+    if report.failed:
+        _failed.add(notebook)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _merge(path: Path, key: str, new: dict, how: str) -> None:
+    """Update the `key` table of the JSON record at path with new entries (others are kept)."""
+    try:
+        old = json.loads(path.read_text()).get(key, {})
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({
+        "how": how, "commit": _commit(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        key: dict(sorted({**old, **new}.items())),
+    }, indent=2, ensure_ascii=False) + "\n")
+
+
+def pytest_sessionfinish(session) -> None:
+    measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if _seconds:
+        _merge(ARTIFACTS / TIMES, "notebooks", {
+            nb: {"seconds": round(s, 1), "cells": _cells[nb], "passed": nb not in _failed, "measured_at": measured}
+            for nb, s in _seconds.items()},
+            "pytest --nbval-lax (make test) after the book build has trained and cached the runs; "
+            "seconds = all cells of the notebook, kernel start included")
+    if _messages:
+        _merge(ARTIFACTS / MESSAGES, "checks", dict(_messages),
+               "the CheckFailed messages each exercise check gave the wrong answers in tests/test_checks.py")
