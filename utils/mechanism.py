@@ -1,0 +1,209 @@
+"""The mechanism read off the weights: neurons by frequency, W_L = W_out·W_U, and the logits as a sum of cosines.
+
+Conventions (see utils.fourier): w_k = 2πk/p; inputs in the dataset's order, laid out as a [p, p] grid over (a, b);
+2-D Fourier coefficients [p (component of a), p (component of b), ...] with rows const, cos 1, sin 1, cos 2, …
+
+The algorithm the chapters find: the model computes cos(w_k a), sin(w_k a), cos(w_k b), sin(w_k b) for a few key
+frequencies k, multiplies them in the MLP into cos(w_k(a+b)) and sin(w_k(a+b)), and the unembedding reads off
+logits(c) ≈ Σ_k α_k cos(w_k(a+b-c)), which all peak together at c = (a + b) mod p.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import einops
+import torch
+
+from utils.data import make_dataset
+from utils.fourier import fft2d, fourier_basis, frequency_norms, n_frequencies, significant_frequencies
+from utils.model import HookedTransformer
+
+__all__ = ["NEURON_HOOK", "model_logits", "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies",
+           "neuron_clusters", "W_L", "W_L_fourier", "W_L_frequency_norms", "W_L_frequencies", "significant_rank",
+           "cluster_output_norms", "logit_grid", "cosine_waves", "fit_cosine_logits", "variance_explained",
+           "logit_variance_explained", "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
+
+NEURON_HOOK = "blocks.0.mlp.hook_post"  # MLP activations after the ReLU: [batch, pos, d_mlp]
+
+
+def _p(model: HookedTransformer) -> int:
+    """The modulus: the number of answers."""
+    return model.cfg.d_vocab_out
+
+
+def _freq_list(p: int, freqs: Sequence[int]) -> list[int]:
+    """freqs as distinct ints in 1 … (p-1)/2, or a ValueError."""
+    freqs = [int(k) for k in freqs]
+    if not freqs or len(set(freqs)) != len(freqs) or not all(1 <= k <= n_frequencies(p) for k in freqs):
+        raise ValueError(f"frequencies must be distinct integers in 1 … {n_frequencies(p)} for p = {p}; got {freqs}")
+    return freqs
+
+
+# --- neurons ------------------------------------------------------------------------------------------
+def neuron_activations(model: HookedTransformer) -> torch.Tensor:
+    """Post-ReLU MLP activations at the last position for every input (a, b, =): [p (a), p (b), d_mlp]."""
+    p = _p(model)
+    tokens, _ = make_dataset(p)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=NEURON_HOOK)
+    return einops.rearrange(cache[NEURON_HOOK][:, -1].cpu(), "(a b) n -> a b n", a=p)
+
+
+def neuron_frequency_fractions(acts: torch.Tensor) -> torch.Tensor:
+    """Share of each neuron's variance in the terms of each frequency k: [p, p, n] → [(p-1)/2, n] (float64).
+
+    The terms of frequency k are the 2-D Fourier components {const, cos k, sin k} × {const, cos k, sin k} except
+    const × const (the mean, removed): cos/sin(w_k a) alone, cos/sin(w_k b) alone, and their four products.
+    A neuron with no variance gets 0 everywhere.
+    """
+    coeffs = fft2d(acts.double().cpu())  # [p, p, n]
+    power = coeffs.pow(2)
+    squared_norm = power.sum((0, 1))  # [n]
+    power[0, 0] = 0  # the mean
+    total = power.sum((0, 1))  # [n]: the variance × p²
+    total = torch.where(total > 1e-12 * squared_norm, total, 0.0)  # a constant neuron: only rounding errors
+    lin_a = power[1:, 0].reshape(-1, 2, power.shape[-1]).sum(1)  # [(p-1)/2, n]: cos/sin(w_k a) alone
+    lin_b = power[0, 1:].reshape(-1, 2, power.shape[-1]).sum(1)  # [(p-1)/2, n]: cos/sin(w_k b) alone
+    blocks = einops.reduce(power[1:, 1:], "(k i) (l j) n -> k l n", "sum", i=2, j=2)  # [(p-1)/2, (p-1)/2, n]
+    quad = torch.diagonal(blocks, dim1=0, dim2=1).T  # [(p-1)/2, n]: the four products cos/sin(w_k a)·cos/sin(w_k b)
+    return (lin_a + lin_b + quad) / total.clamp_min(1e-30) * (total > 0)
+
+
+def neuron_frequencies(model: HookedTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each neuron's dominant frequency k ≥ 1 [d_mlp] (long) and the share of its variance that k explains [d_mlp]."""
+    fractions = neuron_frequency_fractions(neuron_activations(model))  # [(p-1)/2, d_mlp]
+    best, index = fractions.max(0)
+    return index + 1, best
+
+
+def neuron_clusters(model: HookedTransformer, threshold: float = 0.85) -> dict[int, torch.Tensor]:
+    """Frequency k → indices of the neurons whose variance k explains at least `threshold` of (largest first)."""
+    freqs, fractions = neuron_frequencies(model)
+    clustered = fractions >= threshold
+    sizes = {int(k): int(((freqs == k) & clustered).sum()) for k in freqs[clustered].unique()}
+    return {k: torch.nonzero((freqs == k) & clustered).flatten() for k in sorted(sizes, key=sizes.get, reverse=True)}
+
+
+# --- W_L = W_out · W_U -------------------------------------------------------------------------------------
+def W_L(model: HookedTransformer) -> torch.Tensor:
+    """The neuron-to-logit map W_out @ W_U: [d_mlp, p] (float64)."""
+    return (model.W_out[0] @ model.W_U).detach().double().cpu()
+
+
+def W_L_fourier(model: HookedTransformer) -> torch.Tensor:
+    """W_L with its output axis in the Fourier basis: [d_mlp, p (component: const, cos 1, sin 1, …)]."""
+    W = W_L(model)
+    return W @ fourier_basis(W.shape[1], torch.float64).T
+
+
+def W_L_frequency_norms(model: HookedTransformer) -> torch.Tensor:
+    """Share of W_L's squared norm (without the constant) at each output frequency k = 1 … (p-1)/2."""
+    norms = frequency_norms(W_L_fourier(model).T)  # [(p-1)/2]
+    return norms / norms.sum()
+
+
+def W_L_frequencies(model: HookedTransformer, rel_threshold: float = 0.1) -> list[int]:
+    """Output frequencies of W_L whose squared norm is at least rel_threshold × the largest one's; sorted by norm."""
+    return significant_frequencies(W_L_frequency_norms(model), rel_threshold)
+
+
+def significant_rank(matrix: torch.Tensor, rel_threshold: float = 0.1) -> int:
+    """How many singular values are at least rel_threshold × the largest one."""
+    singular = torch.linalg.svdvals(matrix.double())
+    return int((singular >= rel_threshold * singular[0]).sum())
+
+
+def cluster_output_norms(model: HookedTransformer, clusters: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Share of each cluster's W_L squared norm at each output frequency: [len(clusters), (p-1)/2] (constant excluded)."""
+    fourier = W_L_fourier(model)  # [d_mlp, p]
+    rows = [frequency_norms(fourier[neurons].T) for neurons in clusters.values()]  # each [(p-1)/2]
+    return torch.stack([r / r.sum() for r in rows])
+
+
+# --- the logits as a sum of cosines ----------------------------------------------------------------------------
+def model_logits(model: HookedTransformer) -> torch.Tensor:
+    """The model's logits at the last position for every input (a, b, =), row a·p + b: [p², p] (float32)."""
+    tokens, _ = make_dataset(_p(model))
+    with torch.no_grad():
+        return model(tokens.to(model.cfg.device))[:, -1].cpu()
+
+
+def logit_grid(model: HookedTransformer) -> torch.Tensor:
+    """Logits at the last position for every input: [p (a), p (b), p (c)] (float64)."""
+    return einops.rearrange(model_logits(model).double(), "(a b) c -> a b c", a=_p(model))
+
+
+def cosine_waves(p: int, freqs: Sequence[int]) -> torch.Tensor:
+    """cos(w_k(a + b - c)) for each k in freqs: [len(freqs), p (a), p (b), p (c)] (float64)."""
+    w = 2 * math.pi * torch.tensor(_freq_list(p, freqs), dtype=torch.float64) / p  # [K]
+    x = torch.arange(p, dtype=torch.float64)
+    phase = x[:, None, None] + x[None, :, None] - x[None, None, :]  # [a, b, c]: a + b - c
+    return torch.cos(w[:, None, None, None] * phase)
+
+
+def fit_cosine_logits(logits: torch.Tensor, freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares α_k with logits ≈ Σ_k α_k cos(w_k(a+b-c)) (+ a per-input offset): ([K], fit [p, p, p])."""
+    waves = cosine_waves(logits.shape[-1], freqs)  # [K, a, b, c]; each sums to 0 over c, so the offset is free
+    centred = logits.double() - logits.double().mean(-1, keepdim=True)
+    X = einops.rearrange(waves, "k a b c -> (a b c) k")
+    coeffs = torch.linalg.lstsq(X, centred.flatten()[:, None]).solution.flatten()  # [K]
+    return coeffs, einops.einsum(coeffs, waves, "k, k a b c -> a b c")
+
+
+def variance_explained(logits: torch.Tensor, fit: torch.Tensor) -> float:
+    """1 - |residual|² / |logits|², both centred over the answers c (the last axis): softmax ignores a shared offset."""
+    centred = logits.double() - logits.double().mean(-1, keepdim=True)
+    residual = centred - (fit.double() - fit.double().mean(-1, keepdim=True))
+    return float(1 - residual.pow(2).sum() / centred.pow(2).sum())
+
+
+def logit_variance_explained(model: HookedTransformer, freqs: Sequence[int]) -> float:
+    """Share of the logits' variance (over all p² inputs and p answers) that Σ_k α_k cos(w_k(a+b-c)) explains."""
+    logits = logit_grid(model)
+    return variance_explained(logits, fit_cosine_logits(logits, freqs)[1])
+
+
+# --- neurons as products of waves ---------------------------------------------------------------------------------
+def neuron_features(p: int, k: int, quadratic: bool = True) -> torch.Tensor:
+    """Terms of frequency k over the (a, b) grid: 1, cos/sin(w_k a), cos/sin(w_k b) (+ their 4 products): [p, p, F]."""
+    w = 2 * math.pi * k / p
+    x = torch.arange(p, dtype=torch.float64)
+    a_terms = [torch.cos(w * x)[:, None].expand(p, p), torch.sin(w * x)[:, None].expand(p, p)]  # vary with a
+    b_terms = [torch.cos(w * x)[None, :].expand(p, p), torch.sin(w * x)[None, :].expand(p, p)]  # vary with b
+    terms = [torch.ones(p, p, dtype=torch.float64), *a_terms, *b_terms]
+    if quadratic:
+        terms += [ta * tb for ta in a_terms for tb in b_terms]
+    return torch.stack(terms, dim=-1)
+
+
+def neuron_fit_r2(acts: torch.Tensor, freqs: int | torch.Tensor, quadratic: bool = True) -> torch.Tensor:
+    """R² of a least-squares fit of each neuron [p, p, n] by its frequency's terms (neuron_features): [n] (float64).
+
+    freqs: one frequency for every neuron, or one per neuron [n]. A neuron with no variance gets R² = 0.
+    """
+    p, n = acts.shape[0], acts.shape[-1]
+    freqs = torch.as_tensor(freqs).expand(n)
+    y = einops.rearrange(acts.double().cpu(), "a b n -> (a b) n")
+    variance = (y - y.mean(0)).pow(2).sum(0)  # [n]
+    variance = torch.where(variance > 1e-12 * y.pow(2).sum(0), variance, 0.0)  # a constant neuron: rounding only
+    r2 = torch.zeros(n, dtype=torch.float64)
+    for k in freqs.unique().tolist():
+        cols = torch.nonzero(freqs == k).flatten()
+        X = einops.rearrange(neuron_features(p, k, quadratic), "a b f -> (a b) f")
+        residual = y[:, cols] - X @ torch.linalg.lstsq(X, y[:, cols]).solution
+        r2[cols] = (1 - residual.pow(2).sum(0) / variance[cols].clamp_min(1e-30)) * (variance[cols] > 0)
+    return r2
+
+
+# --- the algorithm, re-implemented -------------------------------------------------------------------------------
+def fourier_multiplication(a: torch.Tensor, b: torch.Tensor, p: int, freqs: Sequence[int],
+                           coeffs: torch.Tensor) -> torch.Tensor:
+    """Logits [n, p] of the Fourier multiplication algorithm: Σ_k α_k cos(w_k(a + b - c)), built via trig identities."""
+    w = 2 * math.pi * torch.tensor(_freq_list(p, freqs), dtype=torch.float64) / p  # [K]
+    wa, wb = w * a.double()[:, None], w * b.double()[:, None]  # [n, K]
+    cos_sum = torch.cos(wa) * torch.cos(wb) - torch.sin(wa) * torch.sin(wb)  # cos(w(a+b)) [n, K]
+    sin_sum = torch.sin(wa) * torch.cos(wb) + torch.cos(wa) * torch.sin(wb)  # sin(w(a+b)) [n, K]
+    wc = w[:, None] * torch.arange(p, dtype=torch.float64)  # [K, c]
+    alpha = torch.as_tensor(coeffs, dtype=torch.float64)
+    return (cos_sum * alpha) @ torch.cos(wc) + (sin_sum * alpha) @ torch.sin(wc)  # cos(x - y) = cos x cos y + sin x sin y

@@ -1,0 +1,348 @@
+"""Progress measures (Nanda et al. 2023, §5): quantities that move steadily while test loss seems stuck.
+
+- `restricted_loss(model, freqs)`: the loss over all inputs when the logits keep only the constant and their
+  cos/sin(w_k(a+b)) components for the key frequencies: how well the general circuit alone does.
+- `excluded_loss(model, freqs)`: the *training* loss when exactly those components are removed: how well
+  whatever else (memorisation) still does on the pairs it could have memorised.
+- `gini`: the Gini coefficient, a sparsity score; applied to the norms of the Fourier components of W_E and
+  W_L = W_out W_U it rises as the model keeps fewer frequencies.
+- `sum_squared_weights`: Σθ², what weight decay pushes down.
+
+`progress_measures(run)` computes them all at every checkpoint at once: it stacks the checkpoints' weights and
+runs the model on all p² inputs for many checkpoints in one batched einsum (`batched_logits`, which the tests
+check against HookedTransformer). `phase_boundaries` reads the paper's three phases off the curves and
+`shade_phases` draws them on a figure.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import einops
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from utils.ablation import frequency_component, keep_frequencies, model_logits, remove_frequencies, sum_directions
+from utils.data import make_dataset, train_test_split
+from utils.fourier import fourier_basis
+from utils.model import HookedTransformer
+from utils.train import TrainConfig
+
+__all__ = ["restricted_loss", "excluded_loss", "per_frequency_excluded_loss", "restricted_and_excluded", "gini",
+           "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "fourier_gini", "stack_models",
+           "stack_checkpoints", "batched_logits", "progress_measures", "Phases", "phase_boundaries", "shade_phases", "PHASE_NAMES", "PHASE_COLORS"]
+
+PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
+PHASE_COLORS = ("#0072B2", "#E69F00", "#009E73")  # Okabe-Ito blue, orange, green (utils.plotting.COLORS)
+
+
+# --- losses of ablated logits, for logits [..., p², p] of one model or a stack of them ------------------------
+def _losses(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy (float64) over the inputs idx for every leading index: [..., p², p] → [...]."""
+    if idx is not None:
+        logits, labels = logits[..., idx, :], labels[idx]
+    log_probs = logits.double().log_softmax(-1)
+    picked = log_probs.gather(-1, labels.expand(*log_probs.shape[:-2], -1)[..., None])[..., 0]
+    return -picked.mean(-1)
+
+
+def _accuracies(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Share of the inputs idx whose largest logit is the label, for every leading index: [..., p², p] → [...]."""
+    if idx is not None:
+        logits, labels = logits[..., idx, :], labels[idx]
+    return (logits.argmax(-1) == labels).double().mean(-1)
+
+
+def _centred_rms(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over the inputs idx and the answers, after removing each input's mean over the answers
+    (a shift softmax ignores): [..., p², p] → [...]."""
+    x = logits[..., idx, :].double()
+    return (x - x.mean(-1, keepdim=True)).pow(2).mean((-2, -1)).sqrt()
+
+
+def _default_train_idx(p: int) -> torch.Tensor:
+    """The training pairs of the workshop preset's split (what `get_run()` trains on) for modulus p."""
+    cfg = TrainConfig.preset("workshop", p=p)
+    return train_test_split(p, cfg.frac_train, cfg.seed)[0]
+
+
+def restricted_loss(model: HookedTransformer, freqs: Sequence[int], idx: torch.Tensor | None = None) -> float:
+    """Loss on idx (default: all p² inputs) when the logits keep only the constant and cos/sin(w_k(a+b)), k in freqs."""
+    p = model.cfg.d_vocab_out
+    _, labels = make_dataset(p)
+    return _losses(keep_frequencies(model_logits(model), freqs), labels, idx).item()
+
+
+def excluded_loss(model: HookedTransformer, freqs: Sequence[int], train_idx: torch.Tensor | None = None) -> float:
+    """Training loss when the logits lose their cos/sin(w_k(a+b)) components for k in freqs.
+
+    train_idx: the training pairs; default the workshop preset's split: pass `run.train_idx` for other runs.
+    """
+    p = model.cfg.d_vocab_out
+    _, labels = make_dataset(p)
+    train_idx = _default_train_idx(p) if train_idx is None else train_idx
+    return _losses(remove_frequencies(model_logits(model), freqs), labels, train_idx).item()
+
+
+def restricted_and_excluded(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
+                            freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Restricted loss (all inputs) and excluded loss (training inputs) of stacked logits [n, p², p]: two [n]."""
+    return (_losses(keep_frequencies(logits, freqs), labels, None),
+            _losses(remove_frequencies(logits, freqs), labels, train_idx))
+
+
+def _per_frequency_excluded(logits: torch.Tensor, labels: torch.Tensor, freqs: Sequence[int],
+                            train_idx: torch.Tensor) -> torch.Tensor:
+    """Training loss with each frequency removed in turn: [..., p², p] → [..., len(freqs)]."""
+    return torch.stack([_losses(logits - frequency_component(logits, [k]), labels, train_idx) for k in freqs], -1)
+
+
+def per_frequency_excluded_loss(model: HookedTransformer, freqs: Sequence[int],
+                                train_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Excluded loss of each frequency on its own (only its cos/sin(w_k(a+b)) removed): [len(freqs)] (float64)."""
+    p = model.cfg.d_vocab_out
+    _, labels = make_dataset(p)
+    train_idx = _default_train_idx(p) if train_idx is None else train_idx
+    return _per_frequency_excluded(model_logits(model), labels, list(freqs), train_idx)
+
+
+# --- weights --------------------------------------------------------------------------------------------------------
+def gini(x: torch.Tensor) -> torch.Tensor:
+    """Gini coefficient of non-negative values along the last axis: 0 when all equal, 1 - 1/n when one holds all.
+
+    G = Σ_i (2i - n - 1) x_(i) / (n Σ_i x_i), with x_(1) ≤ … ≤ x_(n) sorted: [..., n] → [...].
+    """
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.double()
+    if x.shape[-1] == 0 or (x < 0).any():
+        raise ValueError("gini needs at least one value along the last axis, all of them ≥ 0")
+    n = x.shape[-1]
+    ranks = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    total = x.sum(-1)
+    weighted = (x.sort(-1).values * (2 * ranks - n - 1)).sum(-1)
+    return torch.where(total > 0, weighted / (n * total.clamp_min(torch.finfo(x.dtype).tiny)), torch.zeros_like(total))
+
+
+def sum_squared_weights(model: HookedTransformer) -> float:
+    """Σθ² over every parameter (the frozen biases are zero, so they add nothing)."""
+    return sum(param.detach().double().pow(2).sum().item() for param in model.parameters())
+
+
+def _per_frequency(squared: torch.Tensor) -> torch.Tensor:
+    """sqrt(cos² + sin²) per frequency from squared norms per basis row: [..., p] → [..., (p-1)/2]."""
+    return (squared[..., 1::2] + squared[..., 2::2]).sqrt()
+
+
+def embedding_norms(W_E: torch.Tensor) -> torch.Tensor:
+    """Norm of each frequency's Fourier components in a stack of embeddings (without "="): [n, p+1, d] → [n, (p-1)/2]."""
+    p = W_E.shape[-2] - 1
+    basis = fourier_basis(p, torch.float64).to(W_E.device)
+    return _per_frequency(einops.einsum(basis, W_E[:, :p].double(), "f x, n x d -> n f d").pow(2).sum(-1))
+
+
+def weight_frequency_norms(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norm of each frequency's Fourier components in W_E (over tokens) and W_L = W_out W_U (over outputs).
+
+    params: stacked weights (see `stack_models`), e.g. embed.W_E [n, p+1, d_model]. Returns two [n, (p-1)/2]
+    tensors: sqrt(‖cos k‖² + ‖sin k‖²) per frequency k, the squares summed over the other axis.
+    """
+    W_U = params["unembed.W_U"].double()  # [n, d_model, p]
+    basis = fourier_basis(W_U.shape[-1], torch.float64).to(W_U.device)
+    W_L = einops.einsum(params["blocks.0.mlp.W_out"].double(), W_U, "n m d, n d c -> n m c")  # [n, d_mlp, p]
+    unembed = _per_frequency(einops.einsum(basis, W_L, "f c, n m c -> n f m").pow(2).sum(-1))
+    return embedding_norms(params["embed.W_E"]), unembed
+
+
+def fourier_gini(model: HookedTransformer) -> dict[str, float]:
+    """Gini of the per-frequency Fourier norms of W_E and of W_L: {"W_E": …, "W_L": …}."""
+    embed, unembed = weight_frequency_norms(stack_models([model]))
+    return {"W_E": gini(embed[0]).item(), "W_L": gini(unembed[0]).item()}
+
+
+# --- every checkpoint at once ------------------------------------------------------------------------------------
+def stack_models(models: Sequence[HookedTransformer]) -> dict[str, torch.Tensor]:
+    """Every parameter of the models, stacked along a new first axis: {name: [n, ...]}."""
+    if not models:
+        raise ValueError("stack_models needs at least one model")
+    names = [name for name, _ in models[0].named_parameters()]
+    return {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]) for name in names}
+
+
+def stack_checkpoints(run, steps: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """The weights of the run's checkpoints (default: all of them, in order) via run.model_at: {name: [n, ...]}."""
+    steps = run.checkpoint_steps if steps is None else steps
+    return stack_models([run.model_at(step) for step in steps])
+
+
+def batched_logits(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits at the last position for every input (a, b, =) and every stacked model: [n, p², p] (row a·p + b).
+
+    The same maths as HookedTransformer (one layer, no LayerNorm, biases included), arranged for a batch of
+    models: keys and values at positions 0 and 1 depend on one token each, so they are computed once per token.
+    """
+    P = {name: value.float() for name, value in params.items()}
+    W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]  # [n, p+1, d], [n, 3, d]
+    p, d_head = W_E.shape[1] - 1, P["blocks.0.attn.W_Q"].shape[-1]
+    zero = lambda name, shape: P.get(name, torch.zeros(shape))  # noqa: E731  (a model without that bias)
+    n, n_heads = W_E.shape[0], P["blocks.0.attn.W_Q"].shape[1]
+    b_Q, b_K, b_V = (zero(f"blocks.0.attn.b_{x}", (n, n_heads, d_head))[:, None] for x in "QKV")  # [n, 1, h, e]
+    x = torch.stack([W_E[:, :p] + W_pos[:, None, 0], W_E[:, :p] + W_pos[:, None, 1],  # [n, 3, p, d]: token t at
+                     (W_E[:, p] + W_pos[:, 2])[:, None].expand(-1, p, -1)], 1)  # position 0, 1; "=" at 2
+    q = einops.einsum(x[:, 2, :1], P["blocks.0.attn.W_Q"], "n t d, n h d e -> n t h e") + b_Q  # [n, 1, h, e]
+    k = einops.einsum(x, P["blocks.0.attn.W_K"], "n s t d, n h d e -> n s t h e") + b_K[:, None]
+    v = einops.einsum(x, P["blocks.0.attn.W_V"], "n s t d, n h d e -> n s t h e") + b_V[:, None]
+    scores = einops.einsum(k, q[:, 0], "n s t h e, n h e -> n s t h") / math.sqrt(d_head)  # [n, 3, p, h]
+    out = einops.einsum(v, P["blocks.0.attn.W_O"], "n s t h e, n h e m -> n s t h m")  # each head's output
+    s = torch.stack([scores[:, 0, :, None].expand(-1, -1, p, -1), scores[:, 1, None, :].expand(-1, p, -1, -1),
+                     scores[:, 2, :1, None].expand(-1, p, p, -1)], -1)  # [n, a, b, h, 3]
+    pattern = s.softmax(-1)
+    resid = (x[:, 2, :1, None] + zero("blocks.0.attn.b_O", (n, W_E.shape[-1]))[:, None, None]  # [n, a, b, d]
+             + einops.einsum(pattern[..., 0], out[:, 0], "n a b h, n a h m -> n a b m")
+             + einops.einsum(pattern[..., 1], out[:, 1], "n a b h, n b h m -> n a b m")
+             + einops.einsum(pattern[..., 2], out[:, 2, 0], "n a b h, n h m -> n a b m"))
+    hidden = torch.relu(einops.einsum(resid, P["blocks.0.mlp.W_in"], "n a b d, n d m -> n a b m")
+                        + zero("blocks.0.mlp.b_in", (n, P["blocks.0.mlp.W_in"].shape[-1]))[:, None, None])
+    resid = (resid + einops.einsum(hidden, P["blocks.0.mlp.W_out"], "n a b m, n m d -> n a b d")
+             + zero("blocks.0.mlp.b_out", (n, W_E.shape[-1]))[:, None, None])
+    logits = einops.einsum(resid, P["unembed.W_U"], "n a b d, n d c -> n a b c") + zero("unembed.b_U", (n, p))[:, None, None]
+    return einops.rearrange(logits, "n a b c -> n (a b) c")
+
+
+def _logit_measures(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor, test_idx: torch.Tensor,
+                    freqs: list[int]) -> dict[str, torch.Tensor]:
+    """The logit-based measures of stacked logits [n, p², p] (float64), sharing one projection onto the key
+    directions and rebuilding components only on the inputs each measure reads (the same numbers as
+    restricted_and_excluded and per_frequency_excluded_loss, a few times faster)."""
+    p = logits.shape[-1]
+    directions = sum_directions(p, freqs, torch.float64)  # [2K, p²]
+    coeffs = einops.einsum(directions, logits, "f i, n i c -> n f c")  # [n, 2K, p]
+
+    def component(idx: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:  # [n, len(idx), p]
+        return einops.einsum(directions[rows, idx], coeffs[:, rows], "f i, n f c -> n i c")
+
+    train, test = logits[:, train_idx], logits[:, test_idx]
+    key_test = component(test_idx)
+    restricted = logits.mean(-2, keepdim=True) + component(torch.arange(p * p))
+    return {
+        "restricted_loss": _losses(restricted, labels, None),
+        "excluded_loss": _losses(train - component(train_idx), labels[train_idx], None),
+        "key_logit_rms": _centred_rms(key_test, slice(None)),
+        "other_logit_rms": _centred_rms(test - key_test - logits.mean(-2, keepdim=True), slice(None)),
+        "per_frequency": torch.stack([_losses(train - component(train_idx, slice(2 * j, 2 * j + 2)),
+                                              labels[train_idx], None) for j in range(len(freqs))]
+                                     or [torch.zeros(len(logits), dtype=torch.float64)], -1)[:, :len(freqs)],
+    }
+
+
+def progress_measures(run, freqs: Sequence[int], steps: Sequence[int] | None = None,
+                      chunk: int = 4) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Every progress measure at every checkpoint (default: all of the run's), computed `chunk` checkpoints at a time.
+
+    Returns a table with one row per checkpoint (step, train/test loss and accuracy, restricted_loss,
+    excluded_loss, key_logit_rms and other_logit_rms, gini_W_E, gini_W_L, sum_squared_weights) and the
+    per-frequency excluded loss [n_checkpoints, len(freqs)]. freqs: the key frequencies (e.g. of the final model).
+    key_logit_rms / other_logit_rms: the size (RMS over test inputs and answers, each input's mean over the answers
+    removed) of the logits' part along the key directions, and of everything but those and the constant.
+    """
+    steps = list(run.checkpoint_steps if steps is None else steps)
+    freqs = list(freqs)
+    _, labels = run.dataset()
+    train_idx, test_idx = run.train_idx, run.test_idx
+    rows, per_freq = [], []
+    with torch.no_grad():
+        for start in range(0, len(steps), chunk):
+            part = steps[start:start + chunk]
+            params = stack_checkpoints(run, part)
+            logits = batched_logits(params).double()  # [n, p², p]
+            embed, unembed = weight_frequency_norms(params)
+            table = {"step": part,
+                     "train_loss": _losses(logits, labels, train_idx), "test_loss": _losses(logits, labels, test_idx),
+                     "train_acc": _accuracies(logits, labels, train_idx),
+                     "test_acc": _accuracies(logits, labels, test_idx),
+                     **_logit_measures(logits, labels, train_idx, test_idx, freqs),
+                     "gini_W_E": gini(embed), "gini_W_L": gini(unembed),
+                     "sum_squared_weights": sum(v.double().pow(2).flatten(1).sum(1) for v in params.values())}
+            per_freq.append(table.pop("per_frequency"))
+            rows.append(pd.DataFrame({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in table.items()}))
+    return pd.concat(rows, ignore_index=True), torch.cat(per_freq)
+
+
+# --- the three phases ----------------------------------------------------------------------------------------------
+class Phases(NamedTuple):
+    """Where each phase ends (a training step): memorisation [first, memorisation_end), circuit formation
+    [memorisation_end, cleanup_start), cleanup [cleanup_start, cleanup_end); after cleanup_end, nothing much."""
+
+    first: int
+    memorisation_end: int
+    cleanup_start: int
+    cleanup_end: int
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        """(name, start step, end step) of each phase."""
+        bounds = [self.first, self.memorisation_end, self.cleanup_start, self.cleanup_end]
+        return [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(PHASE_NAMES)]
+
+
+def _first(steps: np.ndarray, condition: np.ndarray, what: str) -> int:
+    """The first step where condition holds; a ValueError naming the condition if it never does."""
+    hits = np.flatnonzero(condition)
+    if not len(hits):
+        raise ValueError(f"phase_boundaries: {what} never happens in these curves; did the run grok?")
+    return int(steps[hits[0]])
+
+
+def phase_boundaries(steps: Sequence[int], test_loss: Sequence[float], fraction: float = 0.1) -> Phases:
+    """The paper's three phases, read off the test loss curve alone (the progress measures play no part, so
+    the chapter can check them against the phases without going in a circle).
+
+    The rule. Let ℓ = log(test loss) (losses span many orders of magnitude), ℓ_peak its largest value and
+    ℓ_end its last one.
+    1. **Memorisation** ends where the test loss first peaks: memorising makes ever more confident wrong guesses
+       on unseen pairs, so the test loss climbs until the circuit starts to pull it down. Precisely: the first
+       local maximum of the test loss that is at least half the largest test loss (a wobble on the way up does
+       not count, and a later bump during circuit formation does not move it).
+    2. **Cleanup** starts at the first step after the largest test loss where ℓ has fallen `fraction` (default
+       10%) of the way from ℓ_peak to ℓ_end: the collapse of the test loss has begun.
+    3. **Cleanup** ends at the first step where ℓ has fallen 1 - `fraction` (90%) of that way.
+    **Circuit formation** lies between the peak and the start of cleanup. A ValueError if the test loss falls by
+    less than a factor of 10 from its peak (the run did not grok).
+    """
+    steps = np.asarray(steps)
+    test = np.log(np.asarray(test_loss, dtype=float))
+    if steps.ndim != 1 or steps.shape != test.shape or len(steps) < 4:
+        raise ValueError("phase_boundaries needs steps and test_loss of the same length (at least 4 points); got "
+                         f"{steps.shape} and {test.shape}")
+    if not np.isfinite(test).all() or not (np.diff(steps) > 0).all():
+        raise ValueError("phase_boundaries needs increasing steps and positive, finite test losses")
+    if not 0 < fraction < 0.5:
+        raise ValueError(f"fraction must be in (0, 0.5), got {fraction}")
+    peak = int(np.argmax(test))
+    fall = test[peak] - test[-1]
+    if fall < np.log(10):
+        raise ValueError(f"the test loss falls only {np.exp(fall):.2g}x from its peak: this run did not grok, so it "
+                         "has no circuit-formation or cleanup phase")
+    higher_than_left = np.r_[True, test[1:] >= test[:-1]]
+    higher_than_right = np.r_[test[:-1] >= test[1:], False]
+    first_peak = int(np.flatnonzero(higher_than_left & higher_than_right & (test >= test[peak] - np.log(2)))[0])
+    after_peak = np.arange(len(steps)) > peak
+    cleanup_start = _first(steps, after_peak & (test <= test[peak] - fraction * fall), "a fall of the test loss")
+    cleanup_end = _first(steps, after_peak & (test <= test[-1] + fraction * fall), "the end of the test loss's fall")
+    return Phases(int(steps[0]), int(steps[first_peak]), cleanup_start, cleanup_end)
+
+
+def shade_phases(fig: go.Figure, phases: Phases, label: bool = True, **subplot) -> go.Figure:
+    """Shade memorisation, circuit formation and cleanup on a figure whose x axis is the training step (linear).
+
+    label: name each phase just above the plot, centred on its band (not for subplots);
+    subplot: e.g. row=1, col=2 to shade one panel of a make_subplots grid.
+    """
+    for (name, start, end), color in zip(phases.spans(), PHASE_COLORS):
+        fig.add_vrect(x0=start, x1=end, fillcolor=color, opacity=0.12, line_width=0, layer="below", **subplot)
+        if label and not subplot:
+            fig.add_annotation(x=(start + end) / 2, y=1, xref="x", yref="paper", yanchor="bottom", text=name,
+                               showarrow=False, font=dict(size=11, color=color))
+    return fig
