@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -20,10 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import fast_loop, interleaved_ms, machine  # noqa: E402
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
-from utils.train import TrainConfig, _Compiled, _train_loss, loss_fn, train, trainable_params  # noqa: E402
-from utils.train import _model_cfg  # noqa: E402
+from utils.train import TrainConfig, _model_cfg, loss_fn, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 
@@ -42,34 +40,6 @@ def plain_loop(cfg: TrainConfig):
         loss_fn(model(x), y).backward()
         opt.step()
     return step
-
-
-def fast_loop(cfg: TrainConfig, compile: bool):
-    """utils.train's step: lookup tables, last position only, fused AdamW, optionally torch.compile."""
-    params = trainable_params(make_model(_model_cfg(cfg)))
-    tokens, labels = make_dataset(cfg.p)
-    idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0]
-    a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
-    loss = _Compiled(_train_loss, compile)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss(params, a, b, y).backward()
-        opt.step()
-    return step
-
-
-def time_steps(loops: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
-    """Milliseconds per step of each loop, measured in interleaved rounds."""
-    times = {name: [] for name in loops}
-    for _ in range(rounds):
-        for name, step in loops.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                step()
-                times[name].append(1000 * (time.perf_counter() - start))
-    return times
 
 
 def time_to_grok(cfg: TrainConfig) -> dict:
@@ -98,16 +68,10 @@ def main() -> None:
     cfg = TrainConfig.preset("workshop")
     loops = {"HookedTransformer loop": plain_loop(cfg), "fast, eager": fast_loop(cfg, compile=False),
              "fast, torch.compile (default)": fast_loop(cfg, compile=True)}
-    for step in loops.values():  # warm up (and compile) outside the timing
-        for _ in range(3):
-            step()
-    times = time_steps(loops, rounds=3 if args.quick else 8, per_round=5)
-    base = statistics.median(times["HookedTransformer loop"])
-    rows = [{"loop": name, "ms_per_step": round(statistics.median(t), 1), "speedup": round(base / statistics.median(t), 2)}
-            for name, t in times.items()]
-    result = {"machine": {"cpu_count": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-                          "processor": platform.processor() or platform.machine()},
-              "step_time": rows, "time_to_grok": None if args.quick else time_to_grok(cfg)}
+    ms = interleaved_ms(loops, rounds=3 if args.quick else 8, per_round=5)  # warm-up (compilation) excluded
+    base = ms["HookedTransformer loop"]
+    rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2)} for name, t in ms.items()]
+    result = {"machine": machine(), "step_time": rows, "time_to_grok": None if args.quick else time_to_grok(cfg)}
 
     print(f"\nms per full-batch training step (p={cfg.p}, {len(train_test_split(cfg.p, cfg.frac_train, 0)[0])} pairs, "
           f"{torch.get_num_threads()} threads, median of interleaved rounds)")

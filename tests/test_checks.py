@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tools.records import record_check_message
-from utils import checks
+from utils import ablation as ablation_ref, checks, fourier as fourier_ref, mechanism as mechanism_ref, outcomes
+from utils import progress as progress_ref
 from utils.checks import CheckFailed
 from utils.data import make_dataset
 from utils.model import model_config
@@ -270,8 +271,6 @@ def test_train_step_check_leaves_the_learners_random_state_alone():
 
 
 # --- chapters 4–5: ablations and progress measures --------------------------------------------------------
-from utils import ablation as ablation_ref  # noqa: E402
-from utils import progress as progress_ref  # noqa: E402
 
 
 def test_sum_directions_check_accepts_the_reference_and_names_mistakes():
@@ -409,8 +408,6 @@ def test_restricted_and_excluded_check_accepts_the_reference_and_names_mistakes(
 
 
 # --- chapters 2–3: periodicity and the algorithm -------------------------------------------------------------
-from utils import fourier as fourier_ref  # noqa: E402
-from utils import mechanism as mechanism_ref  # noqa: E402
 
 
 def test_fourier_basis_check_accepts_the_reference_in_float32_and_float64():
@@ -579,3 +576,94 @@ def test_fourier_multiplication_check_accepts_the_reference_and_names_sign_mista
 
 
 # --- end of chapters 2–3 -------------------------------------------------------------------------------------
+
+
+# --- chapter 6: beyond (outcomes of many runs, subtraction) -----------------------------------------------------
+
+
+def test_check_outcome_accepts_the_rule():
+    checks.check_outcome(outcomes.outcome)
+
+
+def _outcome_variant(*, strict: bool = False, best: bool = False, half: float = 0.5):
+    """outcomes.outcome with one plausible mistake: > instead of ≥ 0.99, the best test accuracy, or h at 99%."""
+    def outcome(metrics):
+        train_ok = metrics.train_acc > 0.99 if strict else metrics.train_acc >= 0.99
+        if not train_ok.any():
+            return "not fitted"
+        m = int(metrics.step[train_ok].iloc[0])
+        if (metrics.test_acc.max() if best else metrics.test_acc.iloc[-1]) < 0.99:
+            return "memorised only"
+        h = int(metrics.step[metrics.test_acc >= half].iloc[0])
+        return "generalised at once" if h <= 2 * m else "grokked"
+    return outcome
+
+
+@pytest.mark.parametrize("wrong, expected", [
+    (_outcome_variant(strict=True), "exactly 0.99 counts"),
+    (_outcome_variant(best=True), "FINAL test accuracy"),
+    (_outcome_variant(half=0.99), "first step with test accuracy ≥ 50%"),
+    (lambda metrics: "grokked" if metrics.test_acc.iloc[-1] >= 0.99 else "memorised only", "rise together"),
+    (lambda metrics: "Grokked", "one of the strings"),
+    (lambda metrics: None, "return"),
+])
+def test_check_outcome_names_the_mistake(wrong, expected):
+    assert expected in failure(checks.check_outcome, wrong)
+
+
+def test_check_outcome_rule_at_exactly_twice_the_memorisation_step():
+    def strict(metrics):  # h < 2m instead of h ≤ 2m
+        m = outcomes.first_step(metrics, "train_acc", 0.99)
+        if m is None:
+            return "not fitted"
+        if metrics.test_acc.iloc[-1] < 0.99:
+            return "memorised only"
+        return "generalised at once" if outcomes.first_step(metrics, "test_acc", 0.5) < 2 * m else "grokked"
+    assert "use ≤, not <" in failure(checks.check_outcome, strict)
+
+
+def _waves(p, freqs, phase, fn=torch.cos):
+    x = torch.arange(p, dtype=torch.float64)
+    w = 2 * torch.pi * torch.tensor(freqs, dtype=torch.float64) / p
+    return fn(w[:, None, None, None] * phase(x[:, None, None], x[None, :, None], x[None, None, :]))
+
+
+def test_check_difference_waves_accepts_the_reference_and_float32():
+    checks.check_difference_waves(lambda p, freqs: mechanism_ref.cosine_waves(p, freqs, "subtract"))
+    checks.check_difference_waves(lambda p, freqs: mechanism_ref.cosine_waves(p, freqs, "subtract").float())
+
+
+@pytest.mark.parametrize("wrong, expected", [
+    (lambda p, f: _waves(p, f, lambda a, b, c: a + b - c), "ADDITION's waves"),
+    (lambda p, f: _waves(p, f, lambda a, b, c: a - b + c), "not cos(w_k(a − b + c))"),
+    (lambda p, f: _waves(p, f, lambda a, b, c: a - b - c, torch.sin), "not the sine"),
+    (lambda p, f: _waves(p, f, lambda a, b, c: a - b - c).permute(1, 2, 3, 0), "shape"),
+])
+def test_check_difference_waves_names_the_mistake(wrong, expected):
+    assert expected in failure(checks.check_difference_waves, wrong)
+
+
+def test_check_fourier_subtraction_accepts_the_reference():
+    checks.check_fourier_subtraction(
+        lambda a, b, p, freqs, coeffs: mechanism_ref.fourier_multiplication(a, b, p, freqs, coeffs, "subtract"))
+
+
+def _subtraction_variant(sin_sign: float = -1.0, cos_sign: float = 1.0):
+    """fourier_subtraction with the sign of one identity's second term flipped."""
+    def fn(a, b, p, freqs, coeffs):
+        w = 2 * torch.pi * torch.tensor(freqs, dtype=torch.float64) / p
+        wa, wb = w * a.double()[:, None], w * b.double()[:, None]
+        cos_part = torch.cos(wa) * torch.cos(wb) + cos_sign * torch.sin(wa) * torch.sin(wb)
+        sin_part = torch.sin(wa) * torch.cos(wb) + sin_sign * torch.cos(wa) * torch.sin(wb)
+        wc = w[:, None] * torch.arange(p, dtype=torch.float64)
+        return (cos_part * coeffs) @ torch.cos(wc) + (sin_part * coeffs) @ torch.sin(wc)
+    return fn
+
+
+@pytest.mark.parametrize("wrong, expected", [
+    (_subtraction_variant(sin_sign=1.0, cos_sign=-1.0), "addition's algorithm"),
+    (_subtraction_variant(sin_sign=1.0), "sin(w(a - b)) = sin wa cos wb - cos wa sin wb"),
+    (lambda a, b, p, freqs, coeffs: mechanism_ref.fourier_multiplication(a, b, p, freqs, torch.ones_like(coeffs), "subtract"), "coefficient"),
+])
+def test_check_fourier_subtraction_names_the_mistake(wrong, expected):
+    assert expected in failure(checks.check_fourier_subtraction, wrong)

@@ -195,13 +195,31 @@ def test_cluster_output_norms_send_each_cluster_to_its_own_frequency():
     torch.testing.assert_close(shares[:, [1, 6]], torch.eye(2, dtype=torch.float64))
 
 
-def test_fourier_multiplication_is_the_cosine_sum_and_answers_a_plus_b():
+@pytest.mark.parametrize("op", ["add", "subtract"])
+def test_fourier_multiplication_is_the_cosine_sum_and_answers_the_operation(op):
     p = 31
-    tokens, labels = make_dataset(p)
+    tokens, labels = make_dataset(p, op)
     a, b = tokens[:, 0], tokens[:, 1]
-    logits = mechanism.fourier_multiplication(a, b, p, [4, 11, 13], torch.tensor([1.0, 0.7, 2.0]))
+    logits = mechanism.fourier_multiplication(a, b, p, [4, 11, 13], torch.tensor([1.0, 0.7, 2.0]), op)
     assert logits.shape == (p * p, p)
     direct = (torch.tensor([1.0, 0.7, 2.0], dtype=torch.float64)[:, None, None, None]
-              * mechanism.cosine_waves(p, [4, 11, 13])).sum(0).reshape(p * p, p)
+              * mechanism.cosine_waves(p, [4, 11, 13], op)).sum(0).reshape(p * p, p)
     torch.testing.assert_close(logits, direct)
-    assert torch.equal(logits.argmax(-1), labels)  # constructive interference at c = a + b mod p
+    assert torch.equal(logits.argmax(-1), labels)  # constructive interference at c = a ± b mod p
+
+
+def test_subtraction_waves_are_addition_waves_with_b_negated():
+    p = 13
+    add, sub = mechanism.cosine_waves(p, [2, 5]), mechanism.cosine_waves(p, [2, 5], "subtract")
+    torch.testing.assert_close(sub, add[:, :, (-torch.arange(p)) % p])
+    with pytest.raises(ValueError, match="op must be one of"):
+        mechanism.cosine_waves(p, [2], "multiply")
+
+
+def test_fit_waves_recovers_a_planted_mix_of_any_waves():
+    p = 11
+    waves = torch.cat([mechanism.cosine_waves(p, [1, 3], "subtract"), mechanism.cosine_waves(p, [2])])
+    logits = (torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)[:, None, None, None] * waves).sum(0) + 7.0
+    coeffs, fit = mechanism.fit_waves(logits, waves)
+    torch.testing.assert_close(coeffs, torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
+    assert mechanism.variance_explained(logits, fit) == pytest.approx(1.0, abs=1e-12)

@@ -248,3 +248,28 @@ def test_compiled_training_is_deterministic_and_close_to_eager(tmp_path):
     eager = train(tiny(steps=40), tmp_path / "c", compile=False, progress=False)
     assert all(torch.equal(w, weights(second)[k]) for k, w in weights(first).items())
     assert all(torch.allclose(w, weights(eager)[k], rtol=1e-3, atol=1e-5) for k, w in weights(first).items())
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_progress_bar_redraws_about_once_a_second_however_often_it_evaluates(tmp_path, monkeypatch, many):
+    """In a notebook each redraw is a message to the front end; thousands in one cell made nbval lose the cell's end."""
+    import tqdm as tqdm_module
+
+    import utils.train as train_module
+    draws = []
+
+    class CountingBar(tqdm_module.tqdm):
+        def display(self, *args, **kwargs):
+            draws.append(time.monotonic())
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "tqdm", CountingBar)
+    cfg = tiny(steps=300, eval_every=1, checkpoint_every=300)
+    start = time.monotonic()
+    if many:
+        train_module.train_many([cfg, tiny(steps=300, eval_every=1, checkpoint_every=300, seed=1)],
+                                [tmp_path / "a", tmp_path / "b"], progress=True)
+    else:
+        train(cfg, tmp_path / "run", compile=False, progress=True)
+    elapsed = time.monotonic() - start
+    assert len(draws) <= elapsed + 3, f"{len(draws)} redraws in {elapsed:.1f} s for 300 evaluations"

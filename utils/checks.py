@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from utils import ablation as _ablation, fourier as _fourier, mechanism as _mechanism, progress as _progress
+from utils import ablation as _ablation, fourier as _fourier, mechanism as _mechanism, outcomes as _outcomes
+from utils import progress as _progress
 from utils.data import make_dataset, train_test_split
 from utils.fourier import cos_sin_rows as _cos_sin_rows, fourier_basis as _fourier_basis
 from utils.model import HookedTransformerConfig, make_model, model_config
@@ -33,7 +35,9 @@ __all__ = ["CheckFailed", "check_make_dataset", "check_model_config", "check_los
            # chapters 2–3
            "check_fourier_basis", "check_fft1d", "check_fft2d", "check_embedding_frequency_norms",
            "check_key_frequencies", "check_cosine_variance_explained", "check_W_L_fourier", "check_neuron_fit_r2",
-           "check_output_frequency_shares", "check_fourier_multiplication"]
+           "check_output_frequency_shares", "check_fourier_multiplication",
+           # chapter 6
+           "check_outcome", "check_difference_waves", "check_fourier_subtraction"]
 
 Mistakes = Sequence[tuple[str, Callable[[], object]]]  # (hint, thunk returning the wrong answer it explains)
 
@@ -1175,38 +1179,192 @@ def check_output_frequency_shares(fn: Callable) -> None:
     _passed("output_frequency_shares gives each output frequency's share of a group of neurons' W_L norm.")
 
 
-def check_fourier_multiplication(fn: Callable) -> None:
-    """fn(a [n], b [n], p, freqs, coeffs) -> logits [n, p] = Σ_k α_k cos(w_k(a + b - c)) for c = 0 … p-1."""
+def _check_fourier_algorithm(fn: Callable, op: str, seed: int) -> None:
+    """fn(a [n], b [n], p, freqs, coeffs) -> logits [n, p] = Σ_k α_k cos(w_k(a ± b - c)); ± from op (add/subtract)."""
     __tracebackhide__ = True
-    name = "fourier_multiplication"
-    g = torch.Generator().manual_seed(8)
+    name, pm = ("fourier_multiplication", "+") if op == "add" else ("fourier_subtraction", "-")
+    g = torch.Generator().manual_seed(seed)
     cases = [(113, [14, 35, 41], [1.0, 2.0, 0.5], 50), (7, [1, 3], [1.0, 1.0], 49), (23, [5], [2.5], 10)]
     for p, freqs, coeffs, n in cases:
         a, b = torch.randint(p, (n,), generator=g), torch.randint(p, (n,), generator=g)
         on = f"p = {p}, freqs {freqs}, coeffs {coeffs}, {n} random pairs (a, b)"
         alpha = torch.tensor(coeffs, dtype=torch.float64)
         got = _call(name, fn, a.clone(), b.clone(), p, list(freqs), alpha.clone(), on=on)
-        want = _mechanism.fourier_multiplication(a, b, p, freqs, alpha)
+        want = _mechanism.fourier_multiplication(a, b, p, freqs, alpha, op)
         w = 2 * np.pi * torch.tensor(freqs, dtype=torch.float64) / p
         c = torch.arange(p, dtype=torch.float64)
+        s = _mechanism.SIGNS[op]
 
         def waves(phase: Callable, scale: torch.Tensor = alpha, w: torch.Tensor = w) -> torch.Tensor:
             return (scale * torch.cos(w * phase(a.double()[:, None, None], b.double()[:, None, None],
                                                 c[None, :, None]))).sum(-1)
 
         mistakes = [
-            ("logits(c) = Σ α_k cos(w_k(a + b - c)): yours is cos(w_k(a + b + c)); use cos(x - y) = cos x cos y + "
-             "sin x sin y.", lambda: waves(lambda a, b, c: a + b + c)),
-            ("cos(w(a + b)) = cos wa cos wb - sin wa sin wb (minus!): yours gives cos(w(a - b)).",
-             lambda: waves(lambda a, b, c: a - b - c)),
+            (f"logits(c) = Σ α_k cos(w_k(a {pm} b - c)): yours is cos(w_k(a {pm} b + c)); use cos(x - y) = "
+             "cos x cos y + sin x sin y.", lambda: waves(lambda a, b, c: a + s * b + c)),
             ("multiply each frequency's wave by its coefficient α_k.",
-             lambda: waves(lambda a, b, c: a + b - c, torch.ones_like(alpha))),
+             lambda: waves(lambda a, b, c: a + s * b - c, torch.ones_like(alpha))),
             ("w_k = 2πk/p: you left out the 2π/p.",
-             lambda: waves(lambda a, b, c: a + b - c, alpha, torch.tensor(freqs, dtype=torch.float64))),
+             lambda: waves(lambda a, b, c: a + s * b - c, alpha, torch.tensor(freqs, dtype=torch.float64))),
         ]
+        if op == "add":
+            mistakes.append(("cos(w(a + b)) = cos wa cos wb - sin wa sin wb (minus!): yours gives cos(w(a - b)).",
+                             lambda: waves(lambda a, b, c: a - b - c)))
+        else:
+            wa, wb, wc = w * a.double()[:, None], w * b.double()[:, None], w[:, None] * c  # [n, K], [n, K], [K, p]
+            cos_diff = torch.cos(wa) * torch.cos(wb) + torch.sin(wa) * torch.sin(wb)
+            sin_sum = torch.sin(wa) * torch.cos(wb) + torch.cos(wa) * torch.sin(wb)
+            mistakes += [
+                ("that is addition's algorithm, cos(w_k(a + b - c)); for a - b use cos(w(a - b)) = cos wa cos wb + "
+                 "sin wa sin wb and sin(w(a - b)) = sin wa cos wb - cos wa sin wb.",
+                 lambda: waves(lambda a, b, c: a + b - c)),
+                ("sin(w(a - b)) = sin wa cos wb - cos wa sin wb (minus!): yours uses sin(w(a + b)).",
+                 lambda: (cos_diff * alpha) @ torch.cos(wc) + (sin_sum * alpha) @ torch.sin(wc)),
+            ]
         _expect_tensor(name, got, want, what="the logits", on=on, rtol=1e-5, atol=1e-6, exact_dtype=False,
                        mistakes=mistakes)
-    _passed("fourier_multiplication computes Σ_k α_k cos(w_k(a + b - c)) from the trig identities.")
+    _passed(f"{name} computes Σ_k α_k cos(w_k(a {pm} b - c)) from cos and sin of w_k a and w_k b, by the trig "
+            "identities.")
+
+
+def check_fourier_multiplication(fn: Callable) -> None:
+    """fn(a [n], b [n], p, freqs, coeffs) -> logits [n, p] = Σ_k α_k cos(w_k(a + b - c)) for c = 0 … p-1."""
+    __tracebackhide__ = True
+    _check_fourier_algorithm(fn, "add", seed=8)
 
 
 # --- end of chapters 2–3 ----------------------------------------------------------------------------------
+
+
+# --- chapter 6: beyond (outcomes of many runs, subtraction) -------------------------------------------------------
+
+def _accuracy_table(train_acc: Sequence[float], test_acc: Sequence[float], every: int = 10) -> pd.DataFrame:
+    """A metrics table like Run.metrics (evaluated every `every` steps) with the given accuracy curves."""
+    n = len(train_acc)
+    steps = np.arange(n) * every
+    return pd.DataFrame({"step": steps, "train_loss": 1 - np.asarray(train_acc), "test_loss": 1 - np.asarray(test_acc),
+                         "train_acc": np.asarray(train_acc, dtype=float), "test_acc": np.asarray(test_acc, dtype=float),
+                         "elapsed_s": steps * 0.03})
+
+
+def _ramp(n: int, start: int, end: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """n evaluations: `low` until index start, rising linearly to `high` at index end, then flat."""
+    return np.interp(np.arange(n), [start, end], [low, high])
+
+
+def _outcome_cases() -> list[tuple[str, pd.DataFrame, str]]:
+    """(description, metrics, hint if the learner's answer differs) for check_outcome; eval every 10 steps."""
+    n = 120  # steps 0 … 1,190
+    memorise = _ramp(n, 0, 10)  # train accuracy 100% at step 100
+    return [
+        ("train accuracy 100% at step 100, test accuracy flat near 5% until step 800, then 100% by step 900",
+         _accuracy_table(memorise, _ramp(n, 80, 90, 0.05)), "a long plateau, then generalisation: that is grokking."),
+        ("train and test accuracy rise together: both 100% by step 100",
+         _accuracy_table(memorise, _ramp(n, 0, 10)), "test accuracy reached 50% long before 2 × the memorisation step."),
+        ("train accuracy 100% at step 100; test accuracy never above 20%",
+         _accuracy_table(memorise, _ramp(n, 0, 10, 0.0, 0.2)),
+         "train accuracy reached 99% but the final test accuracy is below 99%."),
+        ("train accuracy stuck at 80%, test accuracy at 10%",
+         _accuracy_table(_ramp(n, 0, 10, 0.0, 0.8), _ramp(n, 0, 10, 0.0, 0.1)),
+         "train accuracy never reached 99%: check that case first."),
+        ("train accuracy 100% at step 100; test accuracy passes 50% at exactly step 200 (= 2 × 100), 100% by step 300",
+         _accuracy_table(memorise, _ramp(n, 10, 30, 0.0, 1.0)),
+         "the rule says h ≤ 2m is 'generalised at once': at exactly 2m use ≤, not <."),
+        ("train accuracy 100% at step 100; test accuracy 100% from step 800 to 1,100, then 95% at the end",
+         _accuracy_table(memorise, np.where(np.arange(n) < 115, _ramp(n, 70, 80, 0.05), 0.95)),
+         "judge generalisation by the FINAL test accuracy (metrics.test_acc.iloc[-1]), not by its best value."),
+        ("train accuracy exactly 0.99 from step 100, test accuracy 100% from step 900",
+         _accuracy_table(_ramp(n, 0, 10, 0.0, 0.99), _ramp(n, 80, 90, 0.0)),
+         "'reached 99%' means ≥ 0.99 (an accuracy of exactly 0.99 counts)."),
+        ("train accuracy 100% at step 100; test accuracy 60% at step 150 but 99% only at step 900",
+         _accuracy_table(memorise, np.minimum(_ramp(n, 0, 15, 0.0, 0.6) + _ramp(n, 15, 90, 0.0, 0.4), 1.0)),
+         "h is the first step with test accuracy ≥ 50% (not 99%): here h = 150 ≤ 2 × 100."),
+    ]
+
+
+def _outcome_rule(metrics: pd.DataFrame, *, strict_fit: bool = False, best_test: bool = False, half: float = 0.5,
+                  strict_plateau: bool = False, factor: float = 2.0) -> str:
+    """utils.outcomes.outcome's rule with one knob per plausible mistake (the defaults give the rule itself)."""
+    fitted = metrics.train_acc > 0.99 if strict_fit else metrics.train_acc >= 0.99
+    if not fitted.any():
+        return "not fitted"
+    memorised = int(metrics.step[fitted].iloc[0])
+    if (metrics.test_acc.max() if best_test else metrics.test_acc.iloc[-1]) < 0.99:
+        return "memorised only"
+    reached = metrics.step[metrics.test_acc >= half]
+    h = int(reached.iloc[0]) if len(reached) else metrics.step.iloc[-1] + 1
+    at_once = h < factor * memorised if strict_plateau else h <= factor * memorised
+    return "generalised at once" if at_once else "grokked"
+
+
+_OUTCOME_MISTAKES = [  # (hint, the rule with that mistake)
+    ("'reached 99%' means ≥ 0.99 (an accuracy of exactly 0.99 counts).", dict(strict_fit=True)),
+    ("judge generalisation by the FINAL test accuracy (metrics.test_acc.iloc[-1]), not by its best value.",
+     dict(best_test=True)),
+    ("h is the first step with test accuracy ≥ 50% (not 99%).", dict(half=0.99)),
+    ("the rule says h ≤ 2m is 'generalised at once': at exactly 2m use ≤, not <.", dict(strict_plateau=True)),
+    ("compare h with TWICE the memorisation step: h ≤ 2m.", dict(factor=1.0)),
+]
+
+
+def check_outcome(fn: Callable[[pd.DataFrame], str]) -> None:
+    """fn(metrics) -> one of utils.outcomes.OUTCOMES, by the rule in utils.outcomes.outcome."""
+    __tracebackhide__ = True
+    name = "outcome"
+    cases = _outcome_cases()
+    answers = []
+    for on, metrics, _ in cases:
+        got = _call(name, fn, metrics.copy(), on=on)
+        if got not in _outcomes.OUTCOMES:
+            _fail(name, f"returned {_describe(got)}; expected one of the strings {list(_outcomes.OUTCOMES)}.", on,
+                  _none_hint(got) or f"return exactly one of those strings, e.g. {_outcomes.outcome(metrics)!r}.")
+        answers.append(got)
+    for (on, metrics, hint), got in zip(cases, answers):
+        want = _outcomes.outcome(metrics)
+        if got != want:
+            for mistake, knobs in _OUTCOME_MISTAKES:  # a known mistake explains every answer: name it
+                if all(_outcome_rule(m, **knobs) == a for (_, m, _), a in zip(cases, answers)):
+                    hint = mistake
+                    break
+            _fail(name, f"returned {got!r}; expected {want!r}.", on, hint)
+    _passed(f"outcome classifies all {len(cases)} runs like the rule: grokked, generalised at once, memorised only, "
+            "not fitted, and the edge cases.")
+
+
+def _waves(p: int, freqs: Sequence[int], phase: Callable, w_scale: float = 2 * np.pi, fn=torch.cos) -> torch.Tensor:
+    """fn(w_k · phase(a, b, c)) with w_k = w_scale·k/p: [K, p, p, p] (for the plausible mistakes)."""
+    x = torch.arange(p, dtype=torch.float64)
+    w = w_scale * torch.tensor(list(freqs), dtype=torch.float64) / p
+    return fn(w[:, None, None, None] * phase(x[:, None, None], x[None, :, None], x[None, None, :]))
+
+
+def check_difference_waves(fn: Callable[[int, Sequence[int]], torch.Tensor]) -> None:
+    """fn(p, freqs) -> cos(w_k(a − b − c)) for each k in freqs: [K, p (a), p (b), p (c)], w_k = 2πk/p."""
+    __tracebackhide__ = True
+    name = "difference_waves"
+    cases = [(7, [1, 3]), (13, [2, 5, 6]), (random.Random(6).choice([17, 23, 29]), [4])]
+    for p, freqs in cases:
+        on = f"p = {p}, freqs {freqs}"
+        got = _call(name, fn, p, list(freqs), on=on)
+        want = _mechanism.cosine_waves(p, freqs, "subtract")
+        mistakes = [
+            ("these are ADDITION's waves cos(w_k(a + b − c)); for a − b the phase is a − b − c.",
+             lambda: _waves(p, freqs, lambda a, b, c: a + b - c)),
+            ("the answer c is subtracted: cos(w_k(a − b − c)), not cos(w_k(a − b + c)).",
+             lambda: _waves(p, freqs, lambda a, b, c: a - b + c)),
+            ("w_k = 2πk/p: you left out the 2π.", lambda: _waves(p, freqs, lambda a, b, c: a - b - c, 1.0)),
+            ("use the cosine (it peaks at the right answer c), not the sine.",
+             lambda: _waves(p, freqs, lambda a, b, c: a - b - c, fn=torch.sin)),
+        ]
+        _expect_tensor(name, got, want, what="the waves", on=on, rtol=1e-6, atol=1e-9, exact_dtype=False,
+                       mistakes=mistakes)
+    _passed("difference_waves gives cos(w_k(a − b − c)): for every (a, b) each wave peaks at c = (a − b) mod p.")
+
+
+def check_fourier_subtraction(fn: Callable) -> None:
+    """fn(a [n], b [n], p, freqs, coeffs) -> logits [n, p] = Σ_k α_k cos(w_k(a - b - c)) for c = 0 … p-1."""
+    __tracebackhide__ = True
+    _check_fourier_algorithm(fn, "subtract", seed=9)
+
+
+# --- end of chapter 6 ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from utils.model import HookedTransformer
 
 __all__ = ["NEURON_HOOK", "model_logits", "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies",
            "neuron_clusters", "W_L", "W_L_fourier", "W_L_frequency_norms", "W_L_frequencies", "significant_rank",
-           "cluster_output_norms", "logit_grid", "cosine_waves", "fit_cosine_logits", "variance_explained",
+           "cluster_output_norms", "logit_grid", "SIGNS", "cosine_waves", "fit_waves", "fit_cosine_logits", "variance_explained",
            "logit_variance_explained", "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
 
 NEURON_HOOK = "blocks.0.mlp.hook_post"  # MLP activations after the ReLU: [batch, pos, d_mlp]
@@ -134,21 +134,42 @@ def logit_grid(model: HookedTransformer) -> torch.Tensor:
     return einops.rearrange(model_logits(model).double(), "(a b) c -> a b c", a=_p(model))
 
 
-def cosine_waves(p: int, freqs: Sequence[int]) -> torch.Tensor:
-    """cos(w_k(a + b - c)) for each k in freqs: [len(freqs), p (a), p (b), p (c)] (float64)."""
+SIGNS = {"add": 1.0, "subtract": -1.0}  # a ∘ b = a + sign·b: the operations the Fourier algorithm covers
+
+
+def _sign(op: str) -> float:
+    if op not in SIGNS:
+        raise ValueError(f"op must be one of {sorted(SIGNS)}, got {op!r}")
+    return SIGNS[op]
+
+
+def cosine_waves(p: int, freqs: Sequence[int], op: str = "add") -> torch.Tensor:
+    """cos(w_k(a ± b - c)) (+ for op "add", - for "subtract") for each k in freqs: [K, p (a), p (b), p (c)] (float64).
+
+    Each wave peaks at the right answer c = (a ± b) mod p for every (a, b).
+    """
     w = 2 * math.pi * torch.tensor(_freq_list(p, freqs), dtype=torch.float64) / p  # [K]
     x = torch.arange(p, dtype=torch.float64)
-    phase = x[:, None, None] + x[None, :, None] - x[None, None, :]  # [a, b, c]: a + b - c
+    phase = x[:, None, None] + _sign(op) * x[None, :, None] - x[None, None, :]  # [a, b, c]: a ± b - c
     return torch.cos(w[:, None, None, None] * phase)
 
 
-def fit_cosine_logits(logits: torch.Tensor, freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares α_k with logits ≈ Σ_k α_k cos(w_k(a+b-c)) (+ a per-input offset): ([K], fit [p, p, p])."""
-    waves = cosine_waves(logits.shape[-1], freqs)  # [K, a, b, c]; each sums to 0 over c, so the offset is free
+def fit_waves(logits: torch.Tensor, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares α_k with logits [p, p, p] ≈ Σ_k α_k waves[k] (+ a per-input offset): ([K], fit [p, p, p]).
+
+    The logits are centred over the answers c first (softmax ignores a shared offset); waves that sum to 0 over c,
+    like cosine_waves, need no offset term.
+    """
     centred = logits.double() - logits.double().mean(-1, keepdim=True)
-    X = einops.rearrange(waves, "k a b c -> (a b c) k")
+    X = einops.rearrange(waves.double(), "k a b c -> (a b c) k")
     coeffs = torch.linalg.lstsq(X, centred.flatten()[:, None]).solution.flatten()  # [K]
-    return coeffs, einops.einsum(coeffs, waves, "k, k a b c -> a b c")
+    return coeffs, einops.einsum(coeffs, waves.double(), "k, k a b c -> a b c")
+
+
+def fit_cosine_logits(logits: torch.Tensor, freqs: Sequence[int],
+                      op: str = "add") -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares α_k with logits ≈ Σ_k α_k cos(w_k(a ± b - c)) (+ a per-input offset): ([K], fit [p, p, p])."""
+    return fit_waves(logits, cosine_waves(logits.shape[-1], freqs, op))
 
 
 def variance_explained(logits: torch.Tensor, fit: torch.Tensor) -> float:
@@ -158,10 +179,10 @@ def variance_explained(logits: torch.Tensor, fit: torch.Tensor) -> float:
     return float(1 - residual.pow(2).sum() / centred.pow(2).sum())
 
 
-def logit_variance_explained(model: HookedTransformer, freqs: Sequence[int]) -> float:
-    """Share of the logits' variance (over all p² inputs and p answers) that Σ_k α_k cos(w_k(a+b-c)) explains."""
+def logit_variance_explained(model: HookedTransformer, freqs: Sequence[int], op: str = "add") -> float:
+    """Share of the logits' variance (over all p² inputs and p answers) that Σ_k α_k cos(w_k(a ± b - c)) explains."""
     logits = logit_grid(model)
-    return variance_explained(logits, fit_cosine_logits(logits, freqs)[1])
+    return variance_explained(logits, fit_cosine_logits(logits, freqs, op)[1])
 
 
 # --- neurons as products of waves ---------------------------------------------------------------------------------
@@ -198,12 +219,13 @@ def neuron_fit_r2(acts: torch.Tensor, freqs: int | torch.Tensor, quadratic: bool
 
 # --- the algorithm, re-implemented -------------------------------------------------------------------------------
 def fourier_multiplication(a: torch.Tensor, b: torch.Tensor, p: int, freqs: Sequence[int],
-                           coeffs: torch.Tensor) -> torch.Tensor:
-    """Logits [n, p] of the Fourier multiplication algorithm: Σ_k α_k cos(w_k(a + b - c)), built via trig identities."""
+                           coeffs: torch.Tensor, op: str = "add") -> torch.Tensor:
+    """Logits [n, p] of the Fourier multiplication algorithm: Σ_k α_k cos(w_k(a ± b - c)), built via trig identities."""
+    s = _sign(op)
     w = 2 * math.pi * torch.tensor(_freq_list(p, freqs), dtype=torch.float64) / p  # [K]
     wa, wb = w * a.double()[:, None], w * b.double()[:, None]  # [n, K]
-    cos_sum = torch.cos(wa) * torch.cos(wb) - torch.sin(wa) * torch.sin(wb)  # cos(w(a+b)) [n, K]
-    sin_sum = torch.sin(wa) * torch.cos(wb) + torch.cos(wa) * torch.sin(wb)  # sin(w(a+b)) [n, K]
+    cos_ab = torch.cos(wa) * torch.cos(wb) - s * torch.sin(wa) * torch.sin(wb)  # cos(w(a ± b)) [n, K]
+    sin_ab = torch.sin(wa) * torch.cos(wb) + s * torch.cos(wa) * torch.sin(wb)  # sin(w(a ± b)) [n, K]
     wc = w[:, None] * torch.arange(p, dtype=torch.float64)  # [K, c]
     alpha = torch.as_tensor(coeffs, dtype=torch.float64)
-    return (cos_sum * alpha) @ torch.cos(wc) + (sin_sum * alpha) @ torch.sin(wc)  # cos(x - y) = cos x cos y + sin x sin y
+    return (cos_ab * alpha) @ torch.cos(wc) + (sin_ab * alpha) @ torch.sin(wc)  # cos(x - y) = cos x cos y + sin x sin y

@@ -1,0 +1,54 @@
+"""What the benchmark scripts share: the trainer's step as a loop to time, timing loops side by side, and a
+description of the machine they ran on."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from utils.data import make_dataset, train_test_split
+from utils.model import make_model
+from utils.train import TrainConfig, _Compiled, _model_cfg, _train_loss, trainable_params
+
+
+def fast_loop(cfg: TrainConfig, compile: bool) -> Callable[[], None]:
+    """One training step as `utils.train.train` takes it: lookup tables, last position only, fused AdamW,
+    optionally torch.compile."""
+    params = trainable_params(make_model(_model_cfg(cfg)))
+    tokens, labels = make_dataset(cfg.p, cfg.op)
+    idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0]
+    a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+    loss = _Compiled(_train_loss, compile)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(params, a, b, y).backward()
+        opt.step()
+    return step
+
+
+def interleaved_ms(loops: dict[str, Callable[[], None]], rounds: int, per_round: int,
+                   warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each loop, after `warmup` calls each (compilation), measured in interleaved
+    rounds of `per_round` calls so that a noisy machine slows every loop alike."""
+    for step in loops.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                step()
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> dict[str, object]:
+    """The threads torch uses, its version, Python's and the processor: enough to tell two results' machines apart."""
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}

@@ -1,0 +1,252 @@
+"""utils.train.train_many: several runs trained batched equal each run trained alone, and are cached like get_run's."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import utils.train as T
+from utils.model import CheckpointError
+from utils.train import (TrainConfig, batches, get_run, get_runs, load_run, many_logits, fast_logits, train,
+                         train_many, trainable_params)
+from utils.data import make_dataset
+
+TINY = dict(p=17, frac_train=0.5, d_model=32, n_heads=2, d_mlp=64, lr=3e-3, weight_decay=1.0,
+            steps=40, checkpoint_every=20, eval_every=10)
+SAME = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]  # elapsed_s differs, of course
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, **overrides})
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainable_params(run.model).items()}
+
+
+def assert_same_run(batched, alone):
+    """Same config, checkpoints, weights and metrics, up to float rounding (sums run in another order)."""
+    assert batched.config == alone.config and batched.checkpoint_steps == alone.checkpoint_steps
+    for name, w in weights(alone).items():
+        difference = weights(batched)[name] - w
+        assert difference.norm() <= 1e-5 * w.norm() and difference.abs().max() <= 1e-5, name
+    pd.testing.assert_frame_equal(batched.metrics[SAME], alone.metrics[SAME], rtol=1e-4, atol=1e-6)
+
+
+# --- the batched maths is the single-run maths ---------------------------------------------------------
+def test_many_logits_equal_fast_logits_for_each_stacked_model():
+    cfgs = [tiny(p=23, seed=s) for s in range(3)]
+    singles = [trainable_params(T.make_model(T._model_cfg(c))) for c in cfgs]
+    with torch.no_grad():  # sharpen the random weights so attention is far from uniform
+        for params in singles:
+            for w in params.values():
+                w.mul_(3)
+    stacked = {k: torch.stack([params[k] for params in singles]) for k in singles[0]}
+    tokens, _ = make_dataset(23)
+    a, b = tokens[:, 0], tokens[:, 1]
+    order = torch.stack([torch.randperm(len(a), generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    logits = many_logits(stacked, a[order], b[order])  # each model sees the pairs in its own order
+    for i, params in enumerate(singles):
+        reference = fast_logits(params, a[order[i]], b[order[i]])
+        assert (logits[i] - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+def test_batched_runs_equal_runs_trained_alone_with_their_own_lr_decay_fraction_and_seed(tmp_path):
+    # (Moderate learning rates: at lr 1e-2 a ReLU that sits exactly at 0 can switch on in one run and not in the
+    # other because of a rounding difference, and Adam turns that into a visible step. That is not a bug.)
+    cfgs = [tiny(seed=0), tiny(seed=1, lr=6e-3, weight_decay=0.0), tiny(seed=2, frac_train=0.3, weight_decay=3.0),
+            tiny(seed=0, betas=(0.8, 0.99), warmup_steps=3, frac_train=0.7)]
+    batched = train_many(cfgs, [tmp_path / f"many{i}" for i in range(len(cfgs))], compile=False, progress=False,
+                         max_padding=1.0)  # one batch: the smaller training sets are padded
+    for i, (cfg, run) in enumerate(zip(cfgs, batched)):
+        alone = train(cfg, tmp_path / f"alone{i}", compile=False, progress=False)
+        assert_same_run(run, alone)
+        assert run.metrics.train_loss.iloc[-1] < 0.9 * run.metrics.train_loss.iloc[0]  # it learned something
+    # the runs really differ from each other (each has its own hyper-parameters)
+    assert not torch.allclose(weights(batched[0])["embed.W_E"], weights(batched[3])["embed.W_E"])
+
+
+def test_batched_run_is_written_exactly_like_a_single_run(tmp_path):
+    cfg = tiny(seed=3)
+    batched = train_many([cfg, tiny(seed=4)], [tmp_path / "a", tmp_path / "b"], compile=False, progress=False)[0]
+    alone = train(cfg, tmp_path / "alone", compile=False, progress=False)
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(batched.run_dir) == files(alone.run_dir)
+    assert json.loads((batched.run_dir / "config.json").read_text()) == cfg.to_dict()
+    saved, reference = (torch.load(d / "state.pt", weights_only=True) for d in (batched.run_dir, alone.run_dir))
+    assert saved.keys() == reference.keys() and saved["step"] == reference["step"]
+    assert saved["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+    for j, moments in reference["optimizer"]["state"].items():
+        assert moments.keys() == saved["optimizer"]["state"][j].keys()
+        assert torch.allclose(saved["optimizer"]["state"][j]["exp_avg_sq"], moments["exp_avg_sq"],
+                              rtol=1e-3, atol=1e-12)
+    csv = pd.read_csv(batched.run_dir / "metrics.csv")
+    assert list(csv.columns) == list(pd.read_csv(alone.run_dir / "metrics.csv").columns)
+    assert torch.equal(batched.model_at(20).W_E, load_run(batched.run_dir).model_at(20).W_E)
+
+
+def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path):
+    whole = train(tiny(), tmp_path / "whole", compile=False, progress=False)
+    for resume, first in ((train, train_many), (train_many, train)):
+        half = tmp_path / f"{first.__name__}-then-{resume.__name__}"
+        halfway = tiny(steps=20)  # a run stopped at step 20: its state.pt, with config.json rewritten
+        (train_many([halfway], [half], compile=False, progress=False) if first is train_many
+         else train(halfway, half, compile=False, progress=False))
+        (half / "config.json").write_text(json.dumps(tiny().to_dict()))
+        (half / "metrics.csv").unlink()
+        with pytest.raises(CheckpointError, match="unfinished run"):
+            load_run(half)
+        resumed = (resume(tiny(), half, compile=False, progress=False) if resume is train
+                   else resume([tiny()], [half], compile=False, progress=False)[0])
+        assert_same_run(resumed, whole)
+
+
+def test_crashed_batch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    cfgs = [tiny(seed=s) for s in range(2)]
+    dirs = [tmp_path / f"run{s}" for s in range(2)]
+    reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
+    real_save = T._atomic_save
+
+    def crash_after_step_20(obj, path):
+        real_save(obj, path)
+        if path.name == "state.pt" and obj["step"] == 20 and path.parent == dirs[-1]:
+            raise KeyboardInterrupt  # after both runs saved step 20
+    monkeypatch.setattr(T, "_atomic_save", crash_after_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(T, "_atomic_save", real_save)
+    resumed = train_many(cfgs, dirs, compile=False, progress=False)
+    for run, ref in zip(resumed, reference):
+        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
+        assert run.metrics[SAME].equals(ref.metrics[SAME])
+
+
+# --- grouping ----------------------------------------------------------------------------------------------
+def test_incompatible_configs_train_in_separate_batches_and_come_back_in_order(tmp_path, monkeypatch):
+    short = lambda **kw: tiny(**{"steps": 10, "checkpoint_every": 10, "eval_every": 5, **kw})  # noqa: E731
+    cfgs = [short(seed=0), short(p=13), short(seed=1, lr=1e-2), short(op="subtract"), short(d_mlp=48), short(steps=20),
+            short(n_heads=4), short(checkpoint_every=5)]
+    assert batches(cfgs) == [[0, 2, 3], [1], [4], [5], [6], [7]]  # another operation only changes the labels
+    sizes = []
+    real = T._train_batch
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args)))
+    runs = train_many(cfgs, [tmp_path / str(i) for i in range(len(cfgs))], compile=False, progress=False)
+    assert sorted(sizes) == [1, 1, 1, 1, 1, 3]
+    assert [run.config for run in runs] == cfgs
+    assert_same_run(runs[3], train(cfgs[3], tmp_path / "sub", compile=False, progress=False))
+
+
+def test_training_sets_of_very_different_sizes_train_in_separate_batches(tmp_path, monkeypatch):
+    fractions = []
+    real = T._train_batch
+    monkeypatch.setattr(T, "_train_batch",
+                        lambda cfgs, *args: (fractions.append([c.frac_train for c in cfgs]), real(cfgs, *args)))
+    cfgs = [tiny(frac_train=f, steps=10) for f in (0.3, 0.7, 0.65, 0.32, 0.5)]  # 87, 202, 188, 92, 144 pairs
+    train_many(cfgs, [tmp_path / str(i) for i in range(5)], compile=False, progress=False)
+    assert fractions == [[0.7, 0.65], [0.5], [0.32, 0.3]]  # each batch within 20% of its largest set
+    fractions.clear()
+    train_many(cfgs, [tmp_path / f"all{i}" for i in range(5)], compile=False, progress=False, max_padding=1.0)
+    assert fractions == [[0.7, 0.65, 0.5, 0.32, 0.3]]
+
+
+def test_max_models_splits_a_batch(tmp_path, monkeypatch):
+    sizes = []
+    real = T._train_batch
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args)))
+    train_many([tiny(seed=s, steps=10) for s in range(5)], [tmp_path / str(s) for s in range(5)],
+               compile=False, progress=False, max_models=2)
+    assert sizes == [2, 2, 1]
+
+
+# --- the cache ----------------------------------------------------------------------------------------------
+def test_get_runs_loads_cached_runs_and_trains_only_the_missing_ones_batched(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROKKING_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("GROKKING_COMPILE", "0")
+    cached = get_run(tiny(seed=0, steps=20), progress=False)
+    mtime = (cached.run_dir / "state.pt").stat().st_mtime_ns
+    trained = []
+    real = T._train_batch
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (trained.append(cfgs), real(cfgs, *args)))
+    cfgs = [tiny(seed=s, steps=20) for s in (2, 0, 1, 2)]  # one cached, one asked for twice
+    runs = get_runs(cfgs, progress=False)
+    assert [sorted(c.seed for c in batch) for batch in trained] == [[1, 2]]
+    assert runs[1].run_dir == cached.run_dir and (cached.run_dir / "state.pt").stat().st_mtime_ns == mtime
+    assert runs[0].run_dir == runs[3].run_dir == get_run(cfgs[0], progress=False).run_dir
+    assert [r.config for r in runs] == cfgs
+    trained.clear()
+    assert [r.run_dir for r in get_runs(cfgs, progress=False)] == [r.run_dir for r in runs] and not trained
+    assert [r.run_dir for r in train_many(cfgs, progress=False)] == [r.run_dir for r in runs]  # no dirs: the cache
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfgs, run_dirs, error, match", [
+    ([], None, ValueError, "empty"),
+    (TrainConfig(), None, TypeError, "list of TrainConfig"),
+    ([TrainConfig(), {"p": 23}], None, TypeError, r"cfgs\[1\] must be a TrainConfig"),
+    ([TrainConfig(), TrainConfig(seed=1)], ["a"], ValueError, "one directory per config"),
+    ([TrainConfig(), TrainConfig(seed=1)], "ab", ValueError, "one directory per config"),
+    ([TrainConfig(), TrainConfig(seed=1)], ["same", "same"], ValueError, "used twice"),
+])
+def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch, cfgs, run_dirs, error, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=match):
+        train_many(cfgs, run_dirs)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option, value", [("max_models", 0), ("max_models", 2.5), ("max_padding", -0.1),
+                                           ("max_padding", 1.5)])
+def test_batch_options_are_checked(tmp_path, option, value):
+    with pytest.raises(ValueError, match=option):
+        train_many([tiny()], [tmp_path / "run"], **{option: value})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_directory_holding_another_run_is_refused(tmp_path):
+    train(tiny(steps=10), tmp_path / "run", compile=False, progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        train_many([tiny(steps=10, seed=1), tiny(steps=10, lr=1e-2)], [tmp_path / "new", tmp_path / "run"],
+                   compile=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_compile_falls_back_to_identical_eager_training(tmp_path, monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfgs = [tiny(seed=s, steps=10) for s in range(2)]
+    with pytest.warns(RuntimeWarning, match="torch.compile unavailable"):
+        fallback = train_many(cfgs, [tmp_path / "a0", tmp_path / "a1"], compile=True, progress=False)
+    eager = train_many(cfgs, [tmp_path / "b0", tmp_path / "b1"], compile=False, progress=False)
+    for f, e in zip(fallback, eager):
+        assert all(torch.equal(w, weights(e)[k]) for k, w in weights(f).items())
+
+
+def test_batched_adamw_is_torch_adamw_with_per_model_hyperparameters():
+    cfgs = [TrainConfig(lr=1e-2, weight_decay=1.0), TrainConfig(lr=3e-3, weight_decay=0.0, betas=(0.8, 0.99)),
+            TrainConfig(lr=1e-3, weight_decay=2.0, warmup_steps=0)]
+    g = torch.Generator().manual_seed(0)
+    start = {"w": torch.randn(3, 5, 4, generator=g), "v": torch.randn(3, 7, generator=g)}
+    stacked = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    batched = T._BatchedAdamW(stacked, cfgs)
+    singles = [{k: v[i].clone().requires_grad_(True) for k, v in start.items()} for i in range(3)]
+    torch_adamw = [torch.optim.AdamW(s.values(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+                   for s, c in zip(singles, cfgs)]
+    for step in range(30):
+        # gradients from 1e-6 to 1: Adam's normalisation must be right at every scale
+        grads = {k: torch.randn(v.shape, generator=g) * 10.0 ** -torch.randint(0, 7, v.shape, generator=g)
+                 for k, v in start.items()}
+        for k, w in stacked.items():
+            w.grad = grads[k]
+        batched.step(batched.lrs(step))
+        for i, (params, opt) in enumerate(zip(singles, torch_adamw)):
+            for group in opt.param_groups:
+                group["lr"] = batched.lrs(step)[i]
+            for k, w in params.items():
+                w.grad = grads[k][i]
+            opt.step()
+    for i, params in enumerate(singles):
+        for k, w in params.items():
+            assert torch.equal(stacked[k][i], w), (i, k)  # the same float operations in the same order
+        saved = batched.state_dict(i, cfgs[i].lr)["state"]
+        assert torch.equal(saved[0]["exp_avg"], torch_adamw[i].state[params["w"]]["exp_avg"])
