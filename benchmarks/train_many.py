@@ -85,7 +85,7 @@ def total_times(cfgs: list[TrainConfig]) -> dict[str, float]:
         start = time.perf_counter()
         alone = [train(cfg, Path(tmp) / f"alone{i}", progress=False) for i, cfg in enumerate(cfgs)]
         sequential = time.perf_counter() - start
-        same = sum(abs(m.metrics.test_acc.iloc[-1] - a.metrics.test_acc.iloc[-1]) < 0.01 for m, a in zip(many, alone))
+        same = sum(bool(abs(m.metrics.test_acc.iloc[-1] - a.metrics.test_acc.iloc[-1]) < 0.01) for m, a in zip(many, alone))
     return {"one after another (train)": sequential, "batched (train_many, default)": batched,
             "same_final_test_acc": same}
 
