@@ -1,6 +1,7 @@
 """Many runs at once vs one after another: chapter 6's robustness set, side by side in one run.
 
     .venv/bin/python benchmarks/train_many.py            # prints a table, writes benchmarks/results/train_many.json
+    .venv/bin/python benchmarks/train_many.py --device cuda   # the same on a GPU: results/train_many_cuda.json
     .venv/bin/python benchmarks/train_many.py --quick    # step times only, no full training
 
 The set is chapter 6's (solutions/06_beyond.ipynb: keep SEEDS, STEPS and CHAPTER6 in step with it): the workshop
@@ -25,13 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import fast_loop, interleaved_ms, machine  # noqa: E402
+from benchmarks.common import default_device, fast_loop, interleaved_ms, machine  # noqa: E402
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
 from utils.train import (TrainConfig, _BatchedAdamW, _Compiled, _many_train_loss, _model_cfg,  # noqa: E402
                          batches, train, train_many, trainable_params)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_many.json"
+RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
 SEEDS, STEPS = (0, 1, 2, 3), {97: 1500, 113: 1000}  # chapter 6's robustness set: modulus → steps
 MODULI = tuple(STEPS)
 CHAPTER6 = dict(lr=3e-3, weight_decay=3.0, checkpoint_every=100, eval_every=20)
@@ -43,15 +44,15 @@ def robustness_set(steps: int | None = None) -> list[TrainConfig]:
             for p in MODULI for seed in SEEDS]
 
 
-def batched_step(cfgs: list[TrainConfig], compile: bool = False):
+def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "cpu"):
     """One step of compatible configs as `train_many` takes it: stacked weights, batched AdamW."""
-    models = [trainable_params(make_model(_model_cfg(c))) for c in cfgs]
+    models = [trainable_params(make_model(_model_cfg(c, device))) for c in cfgs]
     params = {k: torch.stack([m[k].detach() for m in models]).requires_grad_(True) for k in models[0]}
-    tokens, labels = make_dataset(cfgs[0].p, cfgs[0].op)
-    splits = [train_test_split(c.p, c.frac_train, c.seed)[0] for c in cfgs]
+    tokens, labels = (t.to(device) for t in make_dataset(cfgs[0].p, cfgs[0].op))
+    splits = [train_test_split(c.p, c.frac_train, c.seed)[0].to(device) for c in cfgs]
     n = max(len(s) for s in splits)
     idx = torch.stack([torch.cat([s, s.new_zeros(n - len(s))]) for s in splits])
-    weights = torch.stack([(torch.arange(n) < len(s)).double() for s in splits])
+    weights = torch.stack([(torch.arange(n, device=device) < len(s)).double() for s in splits])
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
     opt = _BatchedAdamW(params, cfgs)
     loss = _Compiled(_many_train_loss, compile)
@@ -64,26 +65,28 @@ def batched_step(cfgs: list[TrainConfig], compile: bool = False):
     return step
 
 
-def step_times(cfgs: list[TrainConfig], rounds: int) -> dict[str, float]:
-    """ms per training step of the whole set: batched (eager and compiled) and one run after another."""
+def step_times(cfgs: list[TrainConfig], rounds: int, device: str) -> dict[str, float]:
+    """ms per training step of the whole set: batched (eager and compiled) and one run after another; and, for
+    scale, one step of the set's first run alone."""
     groups = [[cfgs[i] for i in group] for group in batches(cfgs)]
-    loops = {f"single {c.p}/{c.seed}": fast_loop(c, compile=True) for c in cfgs}
-    loops |= {f"batched {g[0].p}": batched_step(g) for g in groups}
-    loops |= {f"compiled batched {g[0].p}": batched_step(g, compile=True) for g in groups}
+    loops = {f"single {c.p}/{c.seed}": fast_loop(c, compile=True, device=device) for c in cfgs}
+    loops |= {f"batched {g[0].p}": batched_step(g, device=device) for g in groups}
+    loops |= {f"compiled batched {g[0].p}": batched_step(g, compile=True, device=device) for g in groups}
     ms = interleaved_ms(loops, rounds=rounds, per_round=3, warmup=2)
     total = lambda prefix: sum(v for k, v in ms.items() if k.startswith(prefix))  # noqa: E731
     return {"one after another (train)": total("single "), "batched (train_many, default)": total("batched "),
-            "batched, torch.compile": total("compiled batched ")}
+            "batched, torch.compile": total("compiled batched "),
+            f"one run alone (p = {cfgs[0].p}), for scale": ms[f"single {cfgs[0].p}/{cfgs[0].seed}"]}
 
 
-def total_times(cfgs: list[TrainConfig]) -> dict[str, float]:
+def total_times(cfgs: list[TrainConfig], device: str) -> dict[str, float]:
     """Seconds to train the whole set from scratch: train_many vs train for each config in turn."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        many = train_many(cfgs, [Path(tmp) / f"many{i}" for i in range(len(cfgs))], progress=False)
+        many = train_many(cfgs, [Path(tmp) / f"many{i}" for i in range(len(cfgs))], device=device, progress=False)
         batched = time.perf_counter() - start
         start = time.perf_counter()
-        alone = [train(cfg, Path(tmp) / f"alone{i}", progress=False) for i, cfg in enumerate(cfgs)]
+        alone = [train(cfg, Path(tmp) / f"alone{i}", device=device, progress=False) for i, cfg in enumerate(cfgs)]
         sequential = time.perf_counter() - start
         same = sum(bool(abs(m.metrics.test_acc.iloc[-1] - a.metrics.test_acc.iloc[-1]) < 0.01) for m, a in zip(many, alone))
     return {"one after another (train)": sequential, "batched (train_many, default)": batched,
@@ -96,16 +99,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="steps of every run for the total time (default: the chapter's, " +
                         ", ".join(f"{s} for p = {p}" for p, s in STEPS.items()) + ")")
+    parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if there is one)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     cfgs = robustness_set(args.steps)
-    per_step = step_times(cfgs, rounds=3 if args.quick else 6)
+    per_step = step_times(cfgs, rounds=3 if args.quick else 6, device=args.device)
     torch.set_flush_denormal(False)
-    totals = None if args.quick else total_times(cfgs)
+    totals = None if args.quick else total_times(cfgs, args.device)
     base = per_step["one after another (train)"]
     rows = [{"how": how, "ms_per_step": round(ms, 1), "ratio_to_one_after_another": round(ms / base, 2),
              "total_s": round(totals[how], 1) if totals and how in totals else None} for how, ms in per_step.items()]
-    result = {"machine": machine(),
+    result = {"machine": machine(), "device": args.device,
               "set": {"moduli": list(MODULI), "seeds": list(SEEDS), "steps": {c.p: c.steps for c in cfgs},
                       "runs": len(cfgs)},
               "rows": rows,
@@ -114,7 +118,7 @@ def main() -> None:
               "runs_with_same_final_test_acc": totals["same_final_test_acc"] if totals else None}
 
     print(f"\nChapter 6's robustness set: {len(cfgs)} runs (p = {', '.join(map(str, MODULI))}; seeds "
-          f"{', '.join(map(str, SEEDS))}), {torch.get_num_threads()} threads")
+          f"{', '.join(map(str, SEEDS))}), {args.device}, {torch.get_num_threads()} threads")
     print(f"{'':32} {'ms per step':>12} {'ratio':>7} {'total (s)':>10}")
     for row in rows:
         total = f"{row['total_s']:10.1f}" if row["total_s"] is not None else f"{'—':>10}"
@@ -124,9 +128,10 @@ def main() -> None:
         print(f"total time, batched / one after another: {result['total_ratio']:.2f} ({steps}; compile, "
               f"evaluation and checkpoints included); final test accuracy agrees (within 1%) for "
               f"{totals['same_final_test_acc']} of {len(cfgs)} runs")
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {RESULTS}")
+        path = RESULTS / ("train_many.json" if args.device == "cpu" else f"train_many_{args.device}.json")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {path}")
 
 
 if __name__ == "__main__":

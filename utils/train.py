@@ -529,8 +529,9 @@ if __name__ == "__main__":
 # different sizes are padded to a common length with zero-weight rows. Each run is written to its own run
 # directory exactly as `train` writes it, so `load_run`, `get_run` and `train` (to resume) all work on it.
 #
-# On a CPU the work is compute-bound, so batching saves the per-step overheads but not the arithmetic: the batch
-# costs about as much as the runs one after another (benchmarks/train_many.py measures the ratio). On a GPU, where
+# On a CPU the work is compute-bound, so batching saves the per-step overheads but not the arithmetic: on the
+# course's 2-core machine a batch took 1.0-1.6x as long as the same runs one after another with `train`, whose step
+# is compiled (benchmarks/train_many.py measures the ratio). On a GPU, where
 # one small model leaves the device mostly idle, a batch should cost little more than one run (not yet measured).
 # torch.compile is off by default here: on the course's 2-core CPU, with torch 2.13, the compiled batched step was
 # about 1.3x slower than the eager one (benchmarks/train_many.py); compile=True turns it on.
