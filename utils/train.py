@@ -491,36 +491,6 @@ def get_run(cfg: TrainConfig | None = None, *, device: str | None = None, compil
         return train(cfg, run_dir, device=device, compile=compile, progress=progress)
 
 
-# --- command line --------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.train", description="Train a model that groks a + b mod p.")
-    parser.add_argument("--preset", default="workshop", help=f"one of {sorted(PRESETS)} (default: workshop)")
-    parser.add_argument("--out", type=Path, help="run directory (default: the cache in runs/, see get_run)")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (same results, slower)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in ("name", "betas"):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
-    args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name not in ("name", "betas") and getattr(args, f.name) is not None}
-    try:
-        cfg = TrainConfig.preset(args.preset, **overrides)
-    except ValueError as err:
-        parser.error(str(err))
-    start = time.perf_counter()
-    compile = False if args.no_compile else None
-    run = train(cfg, args.out, device=args.device, compile=compile) if args.out else get_run(cfg, device=args.device, compile=compile)
-    final = run.metrics.iloc[-1]
-    print(f"{run.run_dir}: {cfg.steps} steps in {time.perf_counter() - start:.0f} s; final train acc "
-          f"{final.train_acc:.2%}, test acc {final.test_acc:.2%}, test loss {final.test_loss:.2e}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --- many runs at once ---------------------------------------------------------------------------
 # `train_many` trains several configurations together: their weights are stacked along a leading model axis
 # [M, ...], one forward/backward pass computes every model's loss (the models never interact: the total
@@ -531,10 +501,9 @@ if __name__ == "__main__":
 #
 # On a CPU the work is compute-bound, so batching saves the per-step overheads but not the arithmetic: on the
 # course's 2-core machine a batch took 1.0-1.6x as long as the same runs one after another with `train`, whose step
-# is compiled (benchmarks/train_many.py measures the ratio). On a GPU, where
-# one small model leaves the device mostly idle, a batch should cost little more than one run (not yet measured).
-# torch.compile is off by default here: on the course's 2-core CPU, with torch 2.13, the compiled batched step was
-# about 1.3x slower than the eager one (benchmarks/train_many.py); compile=True turns it on.
+# is compiled (benchmarks/train_many.py measures the ratio). On a GPU, where one small model leaves the device
+# mostly idle, a batch should cost little more than one run (not yet measured). torch.compile is off by default
+# here: on the same CPU, with torch 2.13, the compiled batched step was 1.1-1.3x slower than the eager one.
 
 # What must be equal for two configurations to train in the same batch (the tensors' shapes and the loop).
 BATCH_FIELDS = ("p", "d_model", "n_heads", "d_mlp", "steps", "checkpoint_every", "eval_every")
@@ -855,3 +824,33 @@ def get_runs(cfgs: list[TrainConfig], *, device: str | None = None, compile: boo
         for lock in held:
             lock.release()
     return [loaded[cfg.run_name()] for cfg in cfgs]
+
+
+# --- command line --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.train", description="Train a model that groks a + b mod p.")
+    parser.add_argument("--preset", default="workshop", help=f"one of {sorted(PRESETS)} (default: workshop)")
+    parser.add_argument("--out", type=Path, help="run directory (default: the cache in runs/, see get_run)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (same results, slower)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("name", "betas"):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("name", "betas") and getattr(args, f.name) is not None}
+    try:
+        cfg = TrainConfig.preset(args.preset, **overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    start = time.perf_counter()
+    compile = False if args.no_compile else None
+    run = train(cfg, args.out, device=args.device, compile=compile) if args.out else get_run(cfg, device=args.device, compile=compile)
+    final = run.metrics.iloc[-1]
+    print(f"{run.run_dir}: {cfg.steps} steps in {time.perf_counter() - start:.0f} s; final train acc "
+          f"{final.train_acc:.2%}, test acc {final.test_acc:.2%}, test loss {final.test_loss:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
