@@ -505,15 +505,26 @@ def _call_on_logits(name: str, fn: Callable, logits: torch.Tensor, freqs: list[i
     return got
 
 
+def _check_frequency_ablation(fn: Callable, name: str, reference: Callable, what: str, praise: str,
+                              mistakes: Callable[[torch.Tensor, list[int], torch.Tensor, torch.Tensor], Mistakes]) -> None:
+    """Run fn(logits, freqs) on chapter 4's cases against reference; mistakes(logits, freqs, want, component) lists
+    the plausible wrong answers (component: the logits' part along the cos/sin(w_k(a+b)) directions)."""
+    __tracebackhide__ = True
+    for on, logits, freqs in _logit_cases_ch4():
+        got = _call_on_logits(name, fn, logits, freqs, on)
+        want = reference(logits, freqs)
+        component = _ablation.frequency_component(logits, freqs)
+        _expect_tensor(name, got, want, what=what, on=on, rtol=1e-4, atol=1e-6, exact_dtype=False,
+                       mistakes=mistakes(logits, freqs, want, component))
+    _passed(praise)
+
+
 def check_remove_frequencies(fn: Callable) -> None:
     """fn(logits [p², p], freqs) -> the logits minus their components along cos/sin(w_k(a+b)), k in freqs."""
     __tracebackhide__ = True
-    name = "remove_frequencies"
-    for on, logits, freqs in _logit_cases_ch4():
-        got = _call_on_logits(name, fn, logits, freqs, on)
-        want = _ablation.remove_frequencies(logits, freqs)
-        component = _ablation.frequency_component(logits, freqs)
-        mistakes = [
+
+    def mistakes(logits, freqs, want, component) -> Mistakes:
+        return [
             ("that is the part ALONG the directions; removing it means subtracting it: logits - component.",
              lambda: component),
             ("you also removed each answer's mean over the inputs (the constant); remove only the cos/sin directions.",
@@ -523,20 +534,17 @@ def check_remove_frequencies(fn: Callable) -> None:
             ("each frequency has two directions, cos(w_k(a+b)) and sin(w_k(a+b)); you removed only the cosine.",
              lambda: logits - _cos_only_component(logits, freqs)),
         ]
-        _expect_tensor(name, got, want, what="the ablated logits", on=on, rtol=1e-4, atol=1e-6, exact_dtype=False,
-                       mistakes=mistakes)
-    _passed("remove_frequencies removes exactly the cos/sin(w_k(a+b)) components and keeps everything else.")
+    _check_frequency_ablation(fn, "remove_frequencies", _ablation.remove_frequencies, "the ablated logits",
+                              "remove_frequencies removes exactly the cos/sin(w_k(a+b)) components and keeps everything "
+                              "else.", mistakes)
 
 
 def check_keep_frequencies(fn: Callable) -> None:
     """fn(logits [p², p], freqs) -> each answer's mean over the inputs plus the cos/sin(w_k(a+b)) components."""
     __tracebackhide__ = True
-    name = "keep_frequencies"
-    for on, logits, freqs in _logit_cases_ch4():
-        got = _call_on_logits(name, fn, logits, freqs, on)
-        want = _ablation.keep_frequencies(logits, freqs)
-        component = _ablation.frequency_component(logits, freqs)
-        mistakes = [
+
+    def mistakes(logits, freqs, want, component) -> Mistakes:
+        return [
             ("keep the constant too: add each answer's mean over the inputs, logits.mean(0) (a per-answer bias).",
              lambda: component),
             ("the constant is each answer's own mean over the p² inputs, logits.mean(0, keepdim=True) [1, p], not the "
@@ -548,9 +556,9 @@ def check_keep_frequencies(fn: Callable) -> None:
             ("the projection needs unit directions: with raw cos/sin rows the component is p²/2 times too big.",
              lambda: logits.mean(0, keepdim=True) + _unnormalised_component(logits, freqs)),
         ]
-        _expect_tensor(name, got, want, what="the restricted logits", on=on, rtol=1e-4, atol=1e-6, exact_dtype=False,
-                       mistakes=mistakes)
-    _passed("keep_frequencies keeps each answer's constant and the cos/sin(w_k(a+b)) components, nothing else.")
+    _check_frequency_ablation(fn, "keep_frequencies", _ablation.keep_frequencies, "the restricted logits",
+                              "keep_frequencies keeps each answer's constant and the cos/sin(w_k(a+b)) components, "
+                              "nothing else.", mistakes)
 
 
 def _masked_projection(acts: torch.Tensor, freqs: torch.Tensor, keep: Callable[[int, int, int], bool]) -> torch.Tensor:
