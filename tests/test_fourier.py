@@ -99,15 +99,63 @@ def test_embedding_frequency_norms_recover_planted_shares_ignoring_equals_and_co
                                rtol=0)
 
 
-def test_key_frequencies_recover_the_planted_set_sorted_by_norm():
-    model = planted_model(113, {14: 0.25, 35: 0.3, 41: 0.2, 52: 0.15, 42: 0.1})
-    assert fourier.key_frequencies(model) == [35, 14, 41, 52, 42]
+def planted_circuit(p: int, out_shares: dict[int, float], embed_shares: dict[int, float], seed: int = 0):
+    """planted_model's embedding, and W_L = W_out W_U (W_out = I) writing the given shares to the answer c."""
+    model = planted_model(p, embed_shares, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    W_U = 1e-3 * torch.randn(16, p, generator=g, dtype=torch.float64)
+    for i, (k, share) in enumerate(out_shares.items()):
+        W_U[2 * i] += math.sqrt(share) * wave(p, k, "cos") / wave(p, k, "cos").norm()
+        W_U[2 * i + 1] += math.sqrt(share) * wave(p, k, "sin") / wave(p, k, "sin").norm()
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out.copy_(torch.eye(16))
+        model.unembed.W_U.copy_(W_U.float())
+    return model
 
 
-def test_key_frequencies_drop_a_frequency_below_the_relative_threshold():
-    model = planted_model(31, {5: 0.9, 12: 0.06, 2: 0.04})  # 0.06 ≥ 0.1 × 0.9 fails
-    assert fourier.key_frequencies(model) == [5]
-    assert fourier.key_frequencies(model, rel_threshold=0.05) == [5, 12]
+def test_key_frequencies_are_the_output_frequencies_not_the_embeddings_echoes():
+    keys = {14: 0.25, 35: 0.3, 41: 0.2, 52: 0.25}
+    model = planted_circuit(113, keys, {**keys, 28: 0.06})  # 28 = 2·14: in the embedding only
+    assert fourier.key_frequencies(model) == [35, 14, 52, 41]
+    assert fourier.echo_frequencies(model) == {28: "2·14"}
+
+
+def test_key_frequencies_keep_a_small_but_clear_tier_that_a_fixed_cut_would_drop():
+    model = planted_circuit(31, {5: 0.85, 12: 0.1, 2: 0.05}, {5: 0.85, 12: 0.1, 2: 0.05})
+    assert fourier.significant_frequencies(fourier.output_frequency_norms(model), 0.1) == [5, 12]  # drops 2
+    assert fourier.key_frequencies(model) == [5, 12, 2]  # all three stand far above the noise floor
+
+
+@pytest.mark.parametrize("shares, expected", [
+    ([0.30, 0.25, 0.20, 0.01, 0.005, 0.004, 0.003, 0.002], [1, 2, 3]),
+    ([0.002, 0.9, 0.003, 0.001, 0.002, 0.001], [2]),
+    ([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], [1, 2]),  # exact zeros: no division by zero
+])
+def test_largest_gap_cuts_at_the_largest_ratio_between_sorted_shares(shares, expected):
+    assert fourier.largest_gap(torch.tensor(shares)) == expected
+
+
+@pytest.mark.parametrize("bad", [torch.ones(1), torch.ones(2, 2), torch.tensor([1.0, float("nan")]),
+                                 torch.tensor([1.0, -0.5])])
+def test_largest_gap_refuses_what_is_not_a_list_of_shares(bad):
+    with pytest.raises(ValueError, match="largest_gap"):
+        fourier.largest_gap(bad)
+
+
+@pytest.mark.parametrize("k, p, folded", [(2, 7, 2), (5, 7, 2), (7, 7, 0), (-3, 7, 3), (100, 113, 13)])
+def test_fold_maps_any_integer_to_the_same_wave_on_z_p(k, p, folded):
+    assert fourier.fold(k, p) == folded
+
+
+def test_transforms_of_integer_tensors_are_those_of_their_float_values():
+    x = torch.arange(5 * 5).reshape(5, 5)
+    torch.testing.assert_close(fourier.fft1d(x), fourier.fft1d(x.double()))
+    torch.testing.assert_close(fourier.fft2d(x), fourier.fft2d(x.double()))
+    assert fourier.fft1d(x).abs().sum() > 0
+
+
+def test_fourier_basis_is_float64_by_default():
+    assert fourier.fourier_basis(7).dtype == torch.float64
 
 
 def test_significant_frequencies_refuses_a_threshold_outside_0_1():

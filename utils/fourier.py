@@ -18,7 +18,8 @@ from utils.data import check_p
 from utils.model import HookedTransformer
 
 __all__ = ["fourier_basis", "basis_labels", "fft1d", "fft2d", "frequency_norms", "embedding_frequency_norms",
-           "key_frequencies", "n_frequencies", "cos_sin_rows", "significant_frequencies"]
+           "output_frequency_norms", "largest_gap", "key_frequencies", "echo_frequencies", "fold", "n_frequencies",
+           "cos_sin_rows", "significant_frequencies"]
 
 
 def n_frequencies(p: int) -> int:
@@ -31,8 +32,11 @@ def basis_labels(p: int) -> list[str]:
     return ["const"] + [f"{kind} {k}" for k in range(1, n_frequencies(p) + 1) for kind in ("cos", "sin")]
 
 
-def fourier_basis(p: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Orthonormal Fourier basis of functions on Z_p, one basis vector per row: [p (component), p (input x)]."""
+def fourier_basis(p: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Orthonormal Fourier basis of functions on Z_p, one basis vector per row: [p (component), p (input x)].
+
+    float64 by default: the course analyses in float64 end to end (a float32 weight is `.double()`d first).
+    """
     check_p(p)
     if p % 2 == 0:
         raise ValueError(f"the course's Fourier basis needs an odd modulus (a prime), got p={p}")
@@ -49,15 +53,22 @@ def cos_sin_rows(k: int) -> tuple[int, int]:
     return 2 * k - 1, 2 * k
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """x unchanged if it is floating point; integers and booleans as float64 (a basis cast to int would be 0)."""
+    return x if x.is_floating_point() else x.double()
+
+
 def fft1d(x: torch.Tensor) -> torch.Tensor:
-    """Fourier coefficients along the first dimension: [p, ...] → [p (component), ...]."""
+    """Fourier coefficients along the first dimension: [p, ...] → [p (component), ...] (integers become float64)."""
+    x = _as_float(torch.as_tensor(x))
     basis = fourier_basis(x.shape[0], x.dtype).to(x.device)
     return einops.einsum(basis, x, "f x, x ... -> f ...")
 
 
 def fft2d(x: torch.Tensor) -> torch.Tensor:
     """Fourier coefficients along the first two dimensions (a, b): [p, p, ...] → [p (for a), p (for b), ...]."""
-    if x.shape[0] != x.shape[1]:
+    x = _as_float(torch.as_tensor(x))
+    if x.ndim < 2 or x.shape[0] != x.shape[1]:
         raise ValueError(f"fft2d needs a [p, p, ...] tensor (inputs a and b first), got shape {tuple(x.shape)}")
     basis = fourier_basis(x.shape[0], x.dtype).to(x.device)
     over_a = einops.einsum(basis, x, "f a, a b ... -> f b ...")  # one axis at a time: a 3-operand einsum would
@@ -73,7 +84,17 @@ def frequency_norms(coeffs: torch.Tensor) -> torch.Tensor:
 def embedding_frequency_norms(model: HookedTransformer) -> torch.Tensor:
     """Share of the token embedding's squared norm (without "=" and the constant) at each frequency: [(p-1)/2]."""
     p = model.cfg.d_vocab_out
-    norms = frequency_norms(fft1d(model.W_E[:p].detach().double()))
+    norms = frequency_norms(fft1d(model.W_E[:p].detach().double().cpu()))
+    return norms / norms.sum()
+
+
+def output_frequency_norms(model: HookedTransformer) -> torch.Tensor:
+    """Share of W_L = W_out W_U's squared norm at each output frequency k = 1 … (p-1)/2 (constant left out).
+
+    W_L maps the neurons to the logits, so these are the frequencies of the answer c the circuit writes to.
+    """
+    W_L = (model.W_out[0] @ model.W_U).detach().double().cpu()  # [d_mlp, p]
+    norms = frequency_norms(fft1d(W_L.T))  # the answer axis first: [p, d_mlp] → [(p-1)/2]
     return norms / norms.sum()
 
 
@@ -85,10 +106,59 @@ def significant_frequencies(norms: torch.Tensor, rel_threshold: float = 0.1) -> 
     return [int(i) + 1 for i in order if norms[i] >= rel_threshold * norms.max()]
 
 
-def key_frequencies(model: HookedTransformer, rel_threshold: float = 0.1) -> list[int]:
-    """Frequencies the embedding uses: squared norm at least `rel_threshold` × the largest one's. Sorted by norm.
+def largest_gap(shares: torch.Tensor) -> list[int]:
+    """Frequencies k (1-based) above the largest drop in the sorted shares, largest share first.
 
-    A trained model's embedding is sparse in the Fourier basis: a handful of frequencies stand far above a
-    floor of near-zero ones, so any threshold between the floor and the smallest key frequency gives the same set.
+    Sort the shares in decreasing order s_1 ≥ s_2 ≥ …; the drop after position j is the ratio s_j / s_{j+1};
+    keep the first j for the largest drop, looking only at the top half (a handful of frequencies is what the
+    rule is for; among the tail's near-zero shares a ratio means nothing).
     """
-    return significant_frequencies(embedding_frequency_norms(model), rel_threshold)
+    shares = torch.as_tensor(shares, dtype=torch.float64)
+    if shares.ndim != 1 or len(shares) < 2 or not torch.isfinite(shares).all() or (shares < 0).any():
+        raise ValueError("largest_gap needs a 1-D tensor of at least two finite, non-negative shares; got "
+                         f"shape {tuple(shares.shape)}")
+    order = shares.argsort(descending=True, stable=True)
+    s = shares[order].clamp_min(torch.finfo(torch.float64).tiny)
+    top = max(1, len(s) // 2)
+    cut = int((s[:top] / s[1:top + 1]).argmax()) + 1
+    return [int(i) + 1 for i in order[:cut]]
+
+
+def key_frequencies(model: HookedTransformer) -> list[int]:
+    """The frequencies the circuit uses: W_L's output frequencies above the largest gap, largest share first.
+
+    Why W_L and not the embedding: the embedding also carries *echoes*, frequencies with real norm that no neuron
+    and no output direction uses (often twice a key frequency; see `echo_frequencies`). Why the largest gap and
+    not a fixed fraction of the largest share: a fixed cut lands between two tiers by luck (on the course's model
+    a 20% cut and a 7% cut of the embedding disagree), while a grokked model's W_L has a handful of frequencies
+    far above a near-zero floor, and the largest ratio between consecutive sorted shares finds that edge.
+    Chapters 2 and 4 confirm the set by ablation (`utils.claims`).
+    """
+    return largest_gap(output_frequency_norms(model))
+
+
+def fold(k: int, p: int) -> int:
+    """The frequency in 1 … (p-1)/2 that k (any integer) equals on Z_p: cos(2πkx/p) is the same wave for k, -k, k+p."""
+    k %= p
+    return min(k, p - k)
+
+
+def echo_frequencies(model: HookedTransformer, keys: list[int] | None = None) -> dict[int, str]:
+    """The embedding's other large frequencies: not key, but above an even share of the embedding (1 / (p-1)/2).
+
+    Returns {frequency: what it is}, largest share first; "what it is" names a relation to the key frequencies when
+    there is one ("2·21", "14+35", "41−35" on Z_p), else "no relation to the key frequencies".
+    """
+    p = model.cfg.d_vocab_out
+    keys = key_frequencies(model) if keys is None else [int(k) for k in keys]
+    shares = embedding_frequency_norms(model)
+    relations: dict[int, str] = {}
+    for i, k1 in enumerate(keys):
+        relations.setdefault(fold(2 * k1, p), f"2·{k1}")
+        for k2 in keys[i + 1:]:
+            relations.setdefault(fold(k1 + k2, p), f"{k1}+{k2}")
+            relations.setdefault(fold(k1 - k2, p), f"{max(k1, k2)}−{min(k1, k2)}")
+    order = shares.argsort(descending=True)
+    even = 1 / n_frequencies(p)
+    return {int(i) + 1: relations.get(int(i) + 1, "no relation to the key frequencies")
+            for i in order if shares[i] > even and int(i) + 1 not in keys}
