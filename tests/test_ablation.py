@@ -6,6 +6,7 @@ import torch
 
 from utils import ablation, mechanism
 from utils.data import make_dataset
+from utils.fourier import fourier_basis
 from utils.model import make_model, model_config
 
 P = 13
@@ -77,6 +78,12 @@ def test_frequency_functions_work_on_a_stack_of_models_logits():
 @pytest.mark.parametrize("freqs", [[0], [7], [2, 2], [-1]])
 def test_frequencies_outside_one_to_half_p_are_refused(freqs):
     with pytest.raises(ValueError, match="distinct integers in 1"):
+        ablation.sum_directions(P, freqs)
+
+
+@pytest.mark.parametrize("freqs", [[1.7], ["2"], [True], 3, "12"])
+def test_frequencies_that_are_not_integers_are_refused_not_coerced(freqs):
+    with pytest.raises(ValueError, match="integers"):
         ablation.sum_directions(P, freqs)
 
 
@@ -162,3 +169,15 @@ def test_per_cluster_loss_ablates_each_cluster_in_turn(tiny_model):
     losses = ablation.per_cluster_loss(tiny_model, clusters, "mean")
     assert set(losses) == {1, 4}
     assert losses[4] == pytest.approx(ablation.logit_loss(ablation.ablate_neurons(tiny_model, [2], "mean"), labels))
+
+
+def test_removing_an_embedding_frequency_removes_exactly_its_waves_from_the_token_rows():
+    model = make_model(model_config(p=P, d_model=16, n_heads=2, d_mlp=16, seed=3))
+    logits = ablation.remove_embedding_frequencies(model, [2])
+    W_E = model.W_E.detach().double()
+    basis = fourier_basis(P)
+    expected = W_E.clone()
+    expected[:P] = basis.T @ (basis @ W_E[:P] * (torch.arange(P) != 3)[:, None] * (torch.arange(P) != 4)[:, None])
+    with torch.no_grad():
+        model.embed.W_E.copy_(expected.float())
+    torch.testing.assert_close(logits, ablation.model_logits(model))

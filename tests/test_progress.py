@@ -184,10 +184,20 @@ def test_shade_phases_draws_one_labelled_band_per_phase():
     assert [a.text for a in fig.layout.annotations] == list(progress.PHASE_NAMES)
 
 
-def test_excluded_loss_defaults_to_the_training_pairs_of_the_workshop_split(tiny_run):
-    from utils.data import train_test_split
+@pytest.mark.parametrize("measure", [progress.excluded_loss, progress.per_frequency_excluded_loss])
+def test_excluded_losses_refuse_to_guess_the_training_pairs(tiny_run, measure):
+    with pytest.raises(ValueError, match="train_idx=run.train_idx"):
+        measure(tiny_run.model, [2], None)
 
-    preset = TrainConfig.preset("workshop")
-    train_idx = train_test_split(P, preset.frac_train, preset.seed)[0]
-    model = tiny_run.model
-    assert progress.excluded_loss(model, [2]) == pytest.approx(progress.excluded_loss(model, [2], train_idx))
+
+@pytest.mark.parametrize("bad", [torch.tensor([-1, 3]), torch.tensor([0, P * P]), torch.tensor([1.0, 2.0]),
+                                 torch.tensor([[0, 1]]), torch.tensor([4, 4])])
+def test_excluded_loss_refuses_indices_outside_the_grid_instead_of_wrapping(tiny_run, bad):
+    with pytest.raises(ValueError, match="train_idx"):
+        progress.excluded_loss(tiny_run.model, [2], bad)
+
+
+@pytest.mark.parametrize("bad", [[float("nan"), 1.0], [float("inf"), 1.0]])
+def test_gini_refuses_nan_and_inf_rather_than_returning_zero(bad):
+    with pytest.raises(ValueError, match="finite"):
+        progress.gini(torch.tensor(bad))

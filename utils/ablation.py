@@ -21,13 +21,14 @@ import einops
 import torch
 
 from utils.data import make_dataset
-from utils.fourier import cos_sin_rows, fourier_basis, n_frequencies
+from utils.fourier import check_frequencies, cos_sin_rows, fourier_basis
 from utils.mechanism import NEURON_HOOK, model_logits, neuron_activations
 from utils.model import HookedTransformer
 from utils.train import loss_fn
 
 __all__ = ["NEURON_HOOK", "ABLATIONS", "model_logits", "sum_directions", "frequency_component",
-           "remove_frequencies", "keep_frequencies", "logit_loss", "logit_accuracy", "project_onto_frequency",
+           "remove_frequencies", "keep_frequencies", "remove_embedding_frequencies", "logit_loss", "logit_accuracy",
+           "project_onto_frequency",
            "run_with_neurons", "ablate_neurons", "project_neurons", "per_frequency_loss",
            "per_cluster_loss"]
 
@@ -37,11 +38,7 @@ ABLATIONS = ("zero", "mean")
 # --- checks on the arguments ---------------------------------------------------------------------
 def _check_freqs(p: int, freqs: Iterable[int]) -> list[int]:
     """The frequencies as a list of ints, each in 1 … (p-1)/2 and none twice; a ValueError otherwise."""
-    freqs = [int(k) for k in freqs]
-    bad = [k for k in freqs if not 1 <= k <= n_frequencies(p)]
-    if bad or len(set(freqs)) != len(freqs):
-        raise ValueError(f"frequencies must be distinct integers in 1 … {n_frequencies(p)} for p = {p}; got {freqs}")
-    return freqs
+    return check_frequencies(p, freqs)
 
 
 def sum_directions(p: int, freqs: Sequence[int], dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -97,6 +94,27 @@ def logit_accuracy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
     if idx is not None:
         logits, labels = logits[idx], labels[idx]
     return (logits.argmax(-1) == labels).double().mean().item()
+
+
+# --- the embedding --------------------------------------------------------------------------------
+def remove_embedding_frequencies(model: HookedTransformer, freqs: Sequence[int]) -> torch.Tensor:
+    """Logits [p², p] when the token embedding loses its cos/sin(w_k x) components for k in freqs.
+
+    Only the number tokens' rows W_E[:p] change (each embedding dimension, as a function of the token x, loses
+    those waves); the "=" row and everything after the embedding are the model's own.
+    """
+    p = model.cfg.d_vocab_out
+    rows = [r for k in _check_freqs(p, freqs) for r in cos_sin_rows(k)]
+    basis = fourier_basis(p)[rows]  # [2K, p]
+    W_E = model.W_E.detach().double().cpu()  # [p + 1, d_model]
+    W_E[:p] -= basis.T @ (basis @ W_E[:p])  # project the waves out of every column
+    tokens, _ = make_dataset(p)
+    new_embed = W_E[tokens].to(model.W_E.dtype).to(model.cfg.device)  # [p², 3, d_model]
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens.to(model.cfg.device),
+                                      fwd_hooks=[("hook_embed", lambda acts, hook: new_embed)])
+    return logits[:, -1].cpu()
 
 
 # --- neurons ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from utils.model import HookedTransformer
 
 __all__ = ["fourier_basis", "basis_labels", "fft1d", "fft2d", "frequency_norms", "embedding_frequency_norms",
            "output_frequency_norms", "largest_gap", "key_frequencies", "echo_frequencies", "fold", "n_frequencies",
-           "cos_sin_rows", "significant_frequencies"]
+           "cos_sin_rows", "significant_frequencies", "check_frequencies"]
 
 
 def n_frequencies(p: int) -> int:
@@ -46,6 +46,24 @@ def fourier_basis(p: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
     basis = torch.stack(rows)
     return (basis / basis.norm(dim=1, keepdim=True)).to(dtype)
+
+
+def check_frequencies(p: int, freqs: object) -> list[int]:
+    """freqs as a list of distinct Python ints in 1 … (p-1)/2, or a ValueError saying what is wrong.
+
+    Integer-valued tensors and numpy integers are fine; 1.7, "12" or True are refused rather than coerced.
+    """
+    values = freqs.tolist() if isinstance(freqs, torch.Tensor) else freqs
+    if isinstance(values, (int, str)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"frequencies must be a list of integers, got {freqs!r:.80}")
+    out = []
+    for k in values:
+        if isinstance(k, bool) or not (isinstance(k, int) or (hasattr(k, "dtype") and "int" in str(k.dtype))):
+            raise ValueError(f"frequencies must be integers in 1 … {n_frequencies(p)}; got {k!r} in {freqs!r:.80}")
+        out.append(int(k))
+    if len(set(out)) != len(out) or not all(1 <= k <= n_frequencies(p) for k in out):
+        raise ValueError(f"frequencies must be distinct integers in 1 … {n_frequencies(p)} for p = {p}; got {out}")
+    return out
 
 
 def cos_sin_rows(k: int) -> tuple[int, int]:

@@ -16,11 +16,12 @@ import einops
 import torch
 
 from utils.data import make_dataset
-from utils.fourier import fft2d, fourier_basis, frequency_norms, n_frequencies, significant_frequencies
+from utils.fourier import (check_frequencies, fft2d, fourier_basis, frequency_norms, n_frequencies,
+                           output_frequency_norms)
 from utils.model import HookedTransformer
 
 __all__ = ["NEURON_HOOK", "model_logits", "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies",
-           "neuron_clusters", "W_L", "W_L_fourier", "W_L_frequency_norms", "W_L_frequencies", "significant_rank",
+           "neuron_clusters", "W_L", "W_L_fourier", "W_L_frequency_norms", "significant_rank",
            "cluster_output_norms", "logit_grid", "SIGNS", "cosine_waves", "fit_waves", "fit_cosine_logits", "variance_explained",
            "logit_variance_explained", "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
 
@@ -33,10 +34,10 @@ def _p(model: HookedTransformer) -> int:
 
 
 def _freq_list(p: int, freqs: Sequence[int]) -> list[int]:
-    """freqs as distinct ints in 1 … (p-1)/2, or a ValueError."""
-    freqs = [int(k) for k in freqs]
-    if not freqs or len(set(freqs)) != len(freqs) or not all(1 <= k <= n_frequencies(p) for k in freqs):
-        raise ValueError(f"frequencies must be distinct integers in 1 … {n_frequencies(p)} for p = {p}; got {freqs}")
+    """freqs as distinct ints in 1 … (p-1)/2 (at least one), or a ValueError."""
+    freqs = check_frequencies(p, freqs)
+    if not freqs:
+        raise ValueError(f"at least one frequency is needed (integers in 1 … {n_frequencies(p)} for p = {p})")
     return freqs
 
 
@@ -97,15 +98,7 @@ def W_L_fourier(model: HookedTransformer) -> torch.Tensor:
     return W @ fourier_basis(W.shape[1], torch.float64).T
 
 
-def W_L_frequency_norms(model: HookedTransformer) -> torch.Tensor:
-    """Share of W_L's squared norm (without the constant) at each output frequency k = 1 … (p-1)/2."""
-    norms = frequency_norms(W_L_fourier(model).T)  # [(p-1)/2]
-    return norms / norms.sum()
-
-
-def W_L_frequencies(model: HookedTransformer, rel_threshold: float = 0.1) -> list[int]:
-    """Output frequencies of W_L whose squared norm is at least rel_threshold × the largest one's; sorted by norm."""
-    return significant_frequencies(W_L_frequency_norms(model), rel_threshold)
+W_L_frequency_norms = output_frequency_norms  # share of W_L's squared norm at each output frequency
 
 
 def significant_rank(matrix: torch.Tensor, rel_threshold: float = 0.1) -> int:

@@ -26,10 +26,9 @@ import plotly.graph_objects as go
 import torch
 
 from utils.ablation import frequency_component, keep_frequencies, model_logits, remove_frequencies, sum_directions
-from utils.data import make_dataset, train_test_split
+from utils.data import make_dataset
 from utils.fourier import fourier_basis
 from utils.model import HookedTransformer
-from utils.train import TrainConfig
 
 __all__ = ["restricted_loss", "excluded_loss", "per_frequency_excluded_loss", "restricted_and_excluded", "gini",
            "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "fourier_gini", "stack_models",
@@ -63,10 +62,19 @@ def _centred_rms(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(-1, keepdim=True)).pow(2).mean((-2, -1)).sqrt()
 
 
-def _default_train_idx(p: int) -> torch.Tensor:
-    """The training pairs of the workshop preset's split (what `get_run()` trains on) for modulus p."""
-    cfg = TrainConfig.preset("workshop", p=p)
-    return train_test_split(p, cfg.frac_train, cfg.seed)[0]
+def _pairs(p: int, idx: object, what: str) -> torch.Tensor:
+    """idx as a 1-D long tensor of distinct input indices in 0 … p²-1, or a ValueError saying what to pass."""
+    if idx is None:
+        raise ValueError(f"{what} needs the training pairs: pass train_idx=run.train_idx (a utils.train Run), or "
+                         "utils.data.train_test_split(p, frac_train, seed)[0] for the split the model was trained on")
+    idx = torch.as_tensor(idx)
+    if idx.ndim != 1 or idx.is_floating_point() or idx.dtype == torch.bool or not len(idx):
+        raise ValueError(f"{what}: train_idx must be a non-empty 1-D tensor of input indices (int64), got "
+                         f"dtype {idx.dtype} and shape {tuple(idx.shape)}")
+    if idx.min() < 0 or idx.max() >= p * p or len(idx.unique()) != len(idx):
+        raise ValueError(f"{what}: train_idx must hold distinct indices in 0 … {p * p - 1} (row a·p + b), got values "
+                         f"from {int(idx.min())} to {int(idx.max())}")
+    return idx.long()
 
 
 def restricted_loss(model: HookedTransformer, freqs: Sequence[int], idx: torch.Tensor | None = None) -> float:
@@ -76,14 +84,14 @@ def restricted_loss(model: HookedTransformer, freqs: Sequence[int], idx: torch.T
     return _losses(keep_frequencies(model_logits(model), freqs), labels, idx).item()
 
 
-def excluded_loss(model: HookedTransformer, freqs: Sequence[int], train_idx: torch.Tensor | None = None) -> float:
+def excluded_loss(model: HookedTransformer, freqs: Sequence[int], train_idx: torch.Tensor) -> float:
     """Training loss when the logits lose their cos/sin(w_k(a+b)) components for k in freqs.
 
-    train_idx: the training pairs; default the workshop preset's split: pass `run.train_idx` for other runs.
+    train_idx: the pairs the model was trained on (`run.train_idx`); a model does not know its own split.
     """
     p = model.cfg.d_vocab_out
     _, labels = make_dataset(p)
-    train_idx = _default_train_idx(p) if train_idx is None else train_idx
+    train_idx = _pairs(p, train_idx, "excluded_loss")
     return _losses(remove_frequencies(model_logits(model), freqs), labels, train_idx).item()
 
 
@@ -101,11 +109,11 @@ def _per_frequency_excluded(logits: torch.Tensor, labels: torch.Tensor, freqs: S
 
 
 def per_frequency_excluded_loss(model: HookedTransformer, freqs: Sequence[int],
-                                train_idx: torch.Tensor | None = None) -> torch.Tensor:
+                                train_idx: torch.Tensor) -> torch.Tensor:
     """Excluded loss of each frequency on its own (only its cos/sin(w_k(a+b)) removed): [len(freqs)] (float64)."""
     p = model.cfg.d_vocab_out
     _, labels = make_dataset(p)
-    train_idx = _default_train_idx(p) if train_idx is None else train_idx
+    train_idx = _pairs(p, train_idx, "per_frequency_excluded_loss")
     return _per_frequency_excluded(model_logits(model), labels, list(freqs), train_idx)
 
 
@@ -118,8 +126,9 @@ def gini(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         x = x.double()
-    if x.shape[-1] == 0 or (x < 0).any():
-        raise ValueError("gini needs at least one value along the last axis, all of them ≥ 0")
+    if x.shape[-1] == 0 or (x < 0).any() or not torch.isfinite(x).all():
+        raise ValueError("gini needs at least one value along the last axis, all of them finite and ≥ 0 "
+                         f"(got {'NaN or inf' if x.shape[-1] and not torch.isfinite(x).all() else 'negatives or none'})")
     n = x.shape[-1]
     ranks = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
     total = x.sum(-1)

@@ -1,0 +1,205 @@
+"""The course's claims about a trained model, as functions: each chapter's notebook asserts them on its model, and
+tests/test_claims.py asserts them on runs the notebooks never use (other seeds and moduli).
+
+Each function returns `Claims`, a list of `Claim(statement, measured, holds)`: what the course says, what this
+model shows, and whether the statement holds. `print(claims)` lists them; `assert claims.hold(), claims.failures()`.
+Thresholds are the course's statements (with the paper's figures, COURSE.md §6, for comparison in the chapters);
+they are the same for every run.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+
+from utils import ablation, mechanism
+from utils.data import make_dataset
+from utils.fourier import echo_frequencies, embedding_frequency_norms, key_frequencies
+from utils.model import HookedTransformer
+from utils.progress import Phases
+
+__all__ = ["Claim", "Claims", "periodicity", "algorithm", "ablations", "progress"]
+
+CLUSTER_SHARE = 0.85  # a neuron belongs to a frequency's cluster if that frequency explains ≥ 85% of its variance
+BIG_CLUSTER = 0.01  # a cluster counts if it holds ≥ 1% of the neurons
+
+
+class Claim(NamedTuple):
+    """One statement of the course, what the model measured, and whether it holds."""
+
+    statement: str
+    measured: str
+    holds: bool
+
+
+class Claims(list):
+    """A chapter's claims about one model."""
+
+    def hold(self) -> bool:
+        """True when every claim holds."""
+        return all(c.holds for c in self)
+
+    def failures(self) -> str:
+        """The claims that do not hold, one per line (empty when all hold)."""
+        return "\n".join(f"{c.statement}: {c.measured}" for c in self if not c.holds)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{'✔' if c.holds else '✘'} {i}. {c.statement} — {c.measured}" for i, c in enumerate(self, 1))
+
+
+def _ratio(x: float, y: float) -> float:
+    return x / max(y, 1e-300)
+
+
+# --- chapter 2: periodicity ------------------------------------------------------------------------------
+def frequency_ablation(model: HookedTransformer, train_idx: torch.Tensor) -> pd.DataFrame:
+    """Training loss with each of the embedding's top frequencies removed on its own, from the logits' directions
+    cos/sin(w_k(a+b)) and from the embedding: one row per frequency (the key ones and the next few)."""
+    keys = key_frequencies(model)
+    shares = embedding_frequency_norms(model)
+    top = [int(i) + 1 for i in shares.argsort(descending=True)[:len(keys) + 3]]
+    top += [k for k in keys if k not in top]
+    _, labels = make_dataset(model.cfg.d_vocab_out)
+    logits = ablation.model_logits(model).double()
+    rows = [{"frequency": k, "key": k in keys, "embedding share": shares[k - 1].item(),
+             "logits without it": ablation.logit_loss(ablation.remove_frequencies(logits, [k]), labels, train_idx),
+             "embedding without it": ablation.logit_loss(ablation.remove_embedding_frequencies(model, [k]).double(),
+                                                         labels, train_idx)} for k in top]
+    return pd.DataFrame(rows)
+
+
+def periodicity(model: HookedTransformer, train_idx: torch.Tensor) -> Claims:
+    """Chapter 2: a handful of key frequencies, used by neurons and W_L alike, and they are what matters."""
+    keys = key_frequencies(model)
+    shares = embedding_frequency_norms(model)
+    key_share = shares[[k - 1 for k in keys]].sum().item()
+    echoes = echo_frequencies(model, keys)
+    with_echoes = shares[[k - 1 for k in [*keys, *echoes]]].sum().item()
+    _, explained = mechanism.neuron_frequencies(model)
+    clustered = (explained >= CLUSTER_SHARE).double().mean().item()
+    clusters = mechanism.neuron_clusters(model, CLUSTER_SHARE)
+    big = sorted(k for k, n in clusters.items() if len(n) >= BIG_CLUSTER * model.cfg.d_mlp)
+    table = frequency_ablation(model, train_idx)
+    _, labels = make_dataset(model.cfg.d_vocab_out)
+    base = ablation.logit_loss(ablation.model_logits(model).double(), labels, train_idx)
+    key, other = table[table.key], table[~table.key]
+    cols = ("logits without it", "embedding without it")
+    separation = {c: _ratio(key[c].min(), other[c].max() if len(other) else base) for c in cols}
+    return Claims([
+        Claim("a handful (3–7) of key frequencies", f"{len(keys)}: {keys}", 3 <= len(keys) <= 7),
+        Claim("the key frequencies hold most (≥ 75%) of the embedding's squared norm", f"{key_share:.1%}",
+              key_share >= 0.75),
+        Claim("with their echoes, ≥ 90% of it", f"{with_echoes:.1%} (echoes {echoes or 'none'})", with_echoes >= 0.9),
+        Claim("most neurons (> 50%) are explained ≥ 85% by one frequency", f"{clustered:.1%}", clustered > 0.5),
+        Claim("the neuron clusters (≥ 1% of the neurons) use exactly the key frequencies", f"clusters {big}",
+              big == sorted(keys)),
+        Claim("removing any key frequency hurts ≥ 100× more than removing any other top frequency (logits)",
+              f"{separation[cols[0]]:.2g}×", separation[cols[0]] >= 100),
+        Claim("… and likewise from the embedding", f"{separation[cols[1]]:.2g}×", separation[cols[1]] >= 100),
+        Claim("removing a non-key frequency from the logits leaves the training loss within 2×",
+              f"at most {_ratio(other[cols[0]].max(), base) if len(other) else 1:.2f}× the model's {base:.2g}",
+              len(other) == 0 or other[cols[0]].max() <= 2 * base),
+    ])
+
+
+# --- chapter 3: the algorithm ------------------------------------------------------------------------------
+def algorithm(model: HookedTransformer) -> Claims:
+    """Chapter 3: the logits are a sum of cosines of w_k(a+b-c), built by neurons that multiply waves."""
+    keys = key_frequencies(model)
+    p = model.cfg.d_vocab_out
+    logits = mechanism.logit_grid(model)
+    alphas, fit = mechanism.fit_cosine_logits(logits, keys)
+    explained = mechanism.variance_explained(logits, fit)
+    rank = mechanism.significant_rank(mechanism.W_L(model))
+    clusters = mechanism.neuron_clusters(model, CLUSTER_SHARE)
+    acts = mechanism.neuron_activations(model)
+    linear = torch.cat([mechanism.neuron_fit_r2(acts[..., n], k, quadratic=False) for k, n in clusters.items()])
+    quadratic = torch.cat([mechanism.neuron_fit_r2(acts[..., n], k, quadratic=True) for k, n in clusters.items()])
+    own = mechanism.cluster_output_norms(model, clusters)  # [clusters, (p-1)/2]
+    own_share = min(own[i, k - 1].item() for i, k in enumerate(clusters))
+    tokens, _ = make_dataset(p)
+    mine = mechanism.fourier_multiplication(tokens[:, 0], tokens[:, 1], p, keys, alphas)
+    agreement = (mine.argmax(-1) == logits.flatten(0, 1).argmax(-1)).double().mean().item()
+    gain = (quadratic - linear).mean().item()
+    return Claims([
+        Claim("Σ_k α_k cos(w_k(a+b−c)) over the key frequencies explains ≥ 90% of the logits' variance",
+              f"{explained:.1%} (paper: about 95%)", explained >= 0.9),
+        Claim("every key frequency has α_k > 0 (its cosine peaks at the right answer)",
+              f"α = {[round(a, 2) for a in alphas.tolist()]}", bool((alphas > 0).all())),
+        Claim("W_L has two significant singular values per key frequency", f"{rank} for {len(keys)}",
+              rank == 2 * len(keys)),
+        Claim("the clustered neurons need the products of waves (mean R² ≥ 0.9, ≥ 0.1 over linear terms)",
+              f"R² {quadratic.mean():.3f}, gain {gain:+.3f}", quadratic.mean().item() >= 0.9 and gain >= 0.1),
+        Claim("each cluster writes ≥ 80% of its W_L norm to its own frequency", f"smallest {own_share:.1%}",
+              own_share >= 0.8),
+        Claim("the re-implementation from the key frequencies gives the model's answer on ≥ 99% of inputs",
+              f"{agreement:.2%}", agreement >= 0.99),
+    ])
+
+
+# --- chapter 4: ablations -------------------------------------------------------------------------------
+def ablations(model: HookedTransformer, train_idx: torch.Tensor, test_idx: torch.Tensor) -> Claims:
+    """Chapter 4: the key directions are necessary and sufficient; neurons are their frequency's terms."""
+    from utils.progress import excluded_loss, restricted_loss  # (progress imports ablation, not the reverse)
+
+    keys = key_frequencies(model)
+    p = model.cfg.d_vocab_out
+    _, labels = make_dataset(p)
+    logits = ablation.model_logits(model).double()
+    loss = ablation.logit_loss(logits, labels, test_idx)
+    removed = ablation.remove_frequencies(logits, keys)
+    removed_acc = ablation.logit_accuracy(removed, labels, test_idx)
+    kept = ablation.logit_loss(ablation.keep_frequencies(logits, keys), labels, test_idx)
+    freqs, _ = mechanism.neuron_frequencies(model)
+    projected_acc = ablation.logit_accuracy(ablation.project_neurons(model, freqs).double(), labels, test_idx)
+    one = ablation.per_frequency_loss(logits, labels, keys, test_idx)
+    all_removed = ablation.logit_loss(removed, labels, test_idx)
+    restricted, all_loss = restricted_loss(model, keys), ablation.logit_loss(logits, labels)
+    excluded = excluded_loss(model, keys, train_idx)
+    return Claims([
+        Claim("removing the key directions leaves test accuracy below 5%", f"{removed_acc:.2%} (chance {1 / p:.2%})",
+              removed_acc < 0.05),
+        Claim("keeping only them keeps the test loss within 2× (or lowers it)", f"{_ratio(kept, loss):.2f}×",
+              kept <= 2 * loss),
+        Claim("every neuron projected onto its own frequency keeps ≥ 99% test accuracy", f"{projected_acc:.2%}",
+              projected_acc >= 0.99),
+        Claim("removing the most important key frequency alone raises the test loss > 1000×",
+              f"{_ratio(one.max().item(), loss):.2g}×", one.max().item() > 1000 * loss),
+        Claim("… but less than removing all of them", f"{one.max().item():.3g} < {all_removed:.3g}",
+              one.max().item() < all_removed),
+        Claim("restricted loss within 2× the model's loss on all inputs", f"{_ratio(restricted, all_loss):.2f}×",
+              restricted <= 2 * all_loss),
+        Claim("excluded loss on the training pairs above a uniform guess (log p)",
+              f"{excluded:.2f} vs {math.log(p):.2f}", excluded > math.log(p)),
+    ])
+
+
+# --- chapter 5: progress measures ----------------------------------------------------------------------------
+def progress(measures: pd.DataFrame, phases: Phases, p: int) -> Claims:
+    """Chapter 5: the progress measures (utils.progress.progress_measures) move in the phases the test loss marks
+    (utils.progress.phase_boundaries). "Low" means below 1% of a uniform guess's loss, log p."""
+    at = measures.set_index("step")
+    m_end, c_start, c_end = phases.memorisation_end, phases.cleanup_start, phases.cleanup_end
+    near_zero = 0.01 * math.log(p)
+    restricted_step = int(measures.step[measures.restricted_loss < near_zero].iloc[0])
+    test_step = int(measures.step[measures.test_loss < near_zero].iloc[0])
+    lead = _ratio(at.test_loss[restricted_step], at.restricted_loss[restricted_step])
+    rise = _ratio(at.excluded_loss[c_start], at.excluded_loss[m_end])
+    gini = {w: at[f"gini_{w}"][c_end] - at[f"gini_{w}"][c_start] for w in ("W_E", "W_L")}
+    norm = _ratio(at.sum_squared_weights[c_end], at.sum_squared_weights[c_start])
+    return Claims([
+        Claim("restricted loss gets low well before test loss (10× lower when it first does)",
+              f"step {restricted_step} vs {test_step}, {lead:.0f}× lower", restricted_step < test_step and lead >= 10),
+        Claim("excluded loss rises ≥ 2× during circuit formation",
+              f"{at.excluded_loss[m_end]:.2f} → {at.excluded_loss[c_start]:.2f}", rise >= 2),
+        Claim("Gini of W_E and of W_L rise by ≥ 0.1 during cleanup",
+              f"W_E {gini['W_E']:+.2f}, W_L {gini['W_L']:+.2f}", min(gini.values()) >= 0.1),
+        Claim("the weight norm falls by ≥ 20% during cleanup", f"Σθ² × {norm:.2f}", norm <= 0.8),
+        Claim("after memorisation the logits on test pairs are mostly not the circuit",
+              f"rest {at.other_logit_rms[m_end]:.2f} vs circuit {at.key_logit_rms[m_end]:.2f}",
+              at.other_logit_rms[m_end] > at.key_logit_rms[m_end]),
+        Claim("cleanup shrinks the rest of the logits", f"{at.other_logit_rms[c_start]:.2f} → "
+              f"{at.other_logit_rms[c_end]:.2f}", at.other_logit_rms[c_end] < at.other_logit_rms[c_start]),
+    ])
