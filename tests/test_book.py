@@ -21,6 +21,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
+import nbformat
+
+from tools import notebooks
 from tools.notebooks import SETUP_TAG
 from utils.plotting import WIDGET_CLASS, book_assets
 
@@ -173,9 +176,26 @@ WAIT_FOR_DRAWING = f"""() => {{
   return plots && widgets;
 }}"""
 
+# Where a `$` or a backslash command is expected rather than a rendering failure.
+RAW_MARKUP_ALLOWED = ("pre, code, kbd, samp, script, style, textarea, svg, .math, mjx-container, .MathJax, "
+                      ".highlight, .cell_output, .output, .plotly-graph-div")
+
 PAGE_FACTS = f"""async () => {{
   if (window.MathJax && MathJax.startup) await MathJax.startup.promise;
   const all = (selector) => [...document.querySelectorAll(selector)];
+  const longestLine = (text) => text.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '').slice(0, 100);
+  // MyST or LaTeX left as text in the prose: a `$` or a `\\command` outside code, outputs, maths and figures.
+  const rawMarkup = () => {{
+    const found = [];
+    const walker = document.createTreeWalker(document.querySelector('main') || document.body, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {{
+      const node = walker.currentNode;
+      if (node.parentElement.closest('{RAW_MARKUP_ALLOWED}')) continue;
+      const match = node.textContent.match(/\\$|\\\\[A-Za-z]+/);
+      if (match) found.push(node.textContent.trim().slice(0, 120));
+    }}
+    return found;
+  }};
   return {{
     plots: all('.plotly-graph-div').map(gd => ({{
       traces: (gd.data || []).length,
@@ -189,6 +209,12 @@ PAGE_FACTS = f"""async () => {{
     colab: all('a[href^="https://colab.research.google.com/"]').map(a => a.href),
     colabBadges: all('a[href^="https://colab.research.google.com/"]').filter(a => a.querySelector('img')).map(a => a.href),
     links: all('a[href]').map(a => a.href),
+    rawMarkup: rawMarkup(),
+    sideways: all('div.cell pre, div.cell div.highlight')
+      .filter(el => el.scrollWidth > el.clientWidth + 1)
+      .map(el => longestLine(el.textContent)),
+    hints: all('details.course-hint').map(d => ({{open: d.open, summary: d.querySelector('summary')?.textContent.trim()}})),
+    markers: all('div.cell_input').filter(c => /^\\s*# (END )?(EXERCISE|SOLUTION)\\s*$/m.test(c.textContent)).length,
   }};
 }}"""
 
@@ -246,8 +272,7 @@ def test_page_renders_offline_in_chromium(docname, book, site, browser):
 
     problems = [f"JavaScript error: {error}" for error in errors]
     problems += [f"failed request: {url}" for url in failed]
-    # Only images may come from elsewhere (the Colab badge shows its alt text offline).
-    problems += [f"needs the network: {request}" for request in blocked if not request.startswith("image ")]
+    problems += [f"needs the network: {request}" for request in blocked]  # the Colab badge is local too
     for i, plot in enumerate(facts["plots"]):
         if not (plot["svg"] and plot["traces"] and plot["drawn"]):
             problems.append(f"plotly figure {i} not drawn: {plot}")
@@ -256,6 +281,11 @@ def test_page_renders_offline_in_chromium(docname, book, site, browser):
             problems.append(f"circuitsvis widget {i} not drawn (canvas sizes {canvases})")
     if facts["mathUnrendered"]:
         problems.append(f"{facts['mathUnrendered']} formula(s) not typeset by MathJax")
+    problems += [f"MyST/LaTeX left as text: {text!r}" for text in facts["rawMarkup"]]
+    problems += [f"code or output scrolls sideways at {VIEWPORT['width']} px: {line!r}" for line in facts["sideways"]]
+    if facts["markers"]:
+        problems.append(f"{facts['markers']} solution cell(s) show the authoring markers or the learner's stub")
+    problems += [f"hint {hint['summary']!r} is unfolded when the page opens" for hint in facts["hints"] if hint["open"]]
     if facts["stderr"]:
         problems.append(f"{facts['stderr']} stderr output(s) on the page")
     if facts["setupCells"]:
@@ -267,6 +297,10 @@ def test_page_renders_offline_in_chromium(docname, book, site, browser):
         if not facts["colabBadges"] or set(facts["colabBadges"]) != {exercises}:
             problems.append(f"Colab badge links to {facts['colabBadges']}, expected {exercises}")
         solved = exercises.replace("/chapters/", "/solutions/")
+        source = nbformat.read(BOOK_ROOT / f"{docname}.ipynb", as_version=4)
+        hinted = sum(len(exercise.hints) for exercise in notebooks.exercises(source.cells, docname))
+        if len(facts["hints"]) != hinted:
+            problems.append(f"{len(facts['hints'])} folded hint(s) on the page, the notebook has {hinted}")
         problems += [f"Colab link to another notebook: {href}" for href in facts["colab"]
                      if href not in (exercises, solved)]
     problems += filter(None, (broken_local_link(href, book.html)

@@ -61,3 +61,18 @@ def test_a_long_day_gets_breaks_and_one_lunch():
 def test_the_guide_is_stored_without_outputs():
     nb = nbformat.read(GUIDE, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def test_a_pitfall_shows_every_line_of_a_multi_line_check_message():
+    message = ("fft1d: the coefficients is wrong (at index (0,): expected 1, got 2).\n"
+               "  input: x of shape [5, 3] * 2\n  expected: tensor([1., 0.])\n  hint:  transform the FIRST axis.")
+    shown = guide.pitfall_markdown(message)
+    assert shown.startswith("- the coefficients is wrong")
+    for text in ("x of shape \\[5, 3\\] \\* 2", "tensor(\\[1., 0.\\])", "*Hint given:* transform the FIRST axis."):
+        assert text in shown, shown
+    assert len(shown.splitlines()) == 4
+
+
+def test_the_guide_shows_whole_check_messages():
+    nb = nbformat.read(GUIDE, as_version=4)
+    assert any("guide.pitfall_markdown(message)" in cell.source for cell in nb.cells if cell.cell_type == "code")

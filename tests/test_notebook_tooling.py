@@ -38,6 +38,9 @@ def square(x):
 
 assert square(torch.tensor(3)) == 9"""
 
+RATED_HEADING = "### Exercise: `square`\n**Difficulty** ●○○ · **Importance** ●●○ · about 5 minutes\n\nSquare x."
+HINT_CELL = '<details class="course-hint"><summary>Hint</summary>\n\nMultiply `x` by itself.\n\n</details>'
+
 
 # ------------------------------------------------------------------------------------------ helpers
 @pytest.fixture
@@ -57,6 +60,11 @@ def code(source: str, **kwargs) -> nbformat.NotebookNode:
 def markdown(source: str) -> nbformat.NotebookNode:
     """A markdown cell."""
     return nbformat.v4.new_markdown_cell(source)
+
+
+def exercise(source: str = STUB_AND_SOLUTION, **kwargs) -> list:
+    """An exercise as the convention wants it: rated heading, hint cell, then the code cell."""
+    return [markdown(RATED_HEADING), markdown(HINT_CELL), code(source, **kwargs)]
 
 
 def write_solution(root: Path, name: str, cells: list, title: str | None = "A test chapter",
@@ -149,13 +157,13 @@ MALFORMED = {
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_markers_raise_an_error_naming_notebook_and_cell(root: Path, case: str):
     source, problem = MALFORMED[case]
-    write_solution(root, "01_fine", [code(STUB_AND_SOLUTION)])
-    write_solution(root, "02_broken", [markdown("Intro"), code(STUB_AND_SOLUTION), code(source)])
+    write_solution(root, "01_fine", exercise())
+    write_solution(root, "02_broken", [markdown("Intro"), *exercise(), *exercise(source)[:2], code(source)])
     with pytest.raises(NotebookError) as error:
         notebooks.generate(root)
     message = str(error.value)
     assert "solutions/02_broken.ipynb" in message
-    assert "cell 2 " in message and repr(source.split("\n")[0]) in message
+    assert "cell 6 " in message and repr(source.split("\n")[0]) in message
     assert problem in message
     assert not (root / "chapters").exists(), "nothing may be written while any notebook is malformed"
 
@@ -169,37 +177,101 @@ def test_cli_reports_malformed_markers_with_a_nonzero_exit(root: Path):
         assert "Traceback" not in result.stderr
 
 
+# ------------------------------------------------------------------------------------------ exercise convention
+def test_exercises_are_read_with_their_ratings_minutes_and_hints(root: Path):
+    two_hints = HINT_CELL + "\n\n" + HINT_CELL.replace("<summary>Hint<", "<summary>Hint 2<").replace(
+        "Multiply `x` by itself.", "`x * x` works elementwise.")
+    cells = [markdown("Intro"), markdown(RATED_HEADING.replace("●○○", "●●●")), code("x = 1"),
+             markdown(two_hints), code(STUB_AND_SOLUTION)]
+    [found] = notebooks.exercises(cells, "solutions/01_x.ipynb")
+    assert found == notebooks.Exercise("square", difficulty=3, importance=2, minutes=5,
+                                       hints=("Multiply `x` by itself.", "`x * x` works elementwise."))
+
+
+UNRATED_OR_UNHINTED = {
+    "no heading": ([markdown(HINT_CELL), code(STUB_AND_SOLUTION)], "without its heading"),
+    "no rating line": ([markdown("### Exercise: `square`\nSquare x."), markdown(HINT_CELL),
+                        code(STUB_AND_SOLUTION)], "no rating line"),
+    "rating out of 4": ([markdown(RATED_HEADING.replace("●○○", "●○○○")), markdown(HINT_CELL),
+                         code(STUB_AND_SOLUTION)], "3 marks"),
+    "no minutes": ([markdown(RATED_HEADING.replace(" · about 5 minutes", "")), markdown(HINT_CELL),
+                    code(STUB_AND_SOLUTION)], "no rating line"),
+    "no hint cell": ([markdown(RATED_HEADING), code(STUB_AND_SOLUTION)], "must hold its hints"),
+    "hint not right before the code": ([markdown(RATED_HEADING), markdown(HINT_CELL), code("x = 1"),
+                                        code(STUB_AND_SOLUTION)], "must hold its hints"),
+    "unfolded hint": ([markdown(RATED_HEADING), markdown("Hint: multiply x by itself."),
+                       code(STUB_AND_SOLUTION)], "must hold its hints"),
+    "text beside the hints": ([markdown(RATED_HEADING), markdown(HINT_CELL + "\n\nAnd more."),
+                               code(STUB_AND_SOLUTION)], "nothing else"),
+    "three hints": ([markdown(RATED_HEADING), markdown("\n\n".join([HINT_CELL] * 3)),
+                     code(STUB_AND_SOLUTION)], "one or 2"),
+    "empty hint": ([markdown(RATED_HEADING), markdown(HINT_CELL.replace("Multiply `x` by itself.", " ")),
+                    code(STUB_AND_SOLUTION)], "must hold its hints"),
+    "heading without code": ([markdown(RATED_HEADING), code("x = 1")], "no exercise code"),
+}
+
+
+@pytest.mark.parametrize("case", UNRATED_OR_UNHINTED, ids=list(UNRATED_OR_UNHINTED))
+def test_an_exercise_without_rating_minutes_or_hints_is_an_error(root: Path, case: str):
+    cells, problem = UNRATED_OR_UNHINTED[case]
+    write_solution(root, "01_fine", exercise())
+    write_solution(root, "02_unrated", [markdown("Intro"), *cells])
+    with pytest.raises(NotebookError, match=re.escape(problem)) as error:
+        notebooks.generate(root)
+    assert "solutions/02_unrated.ipynb: cell " in str(error.value)
+    assert not (root / "chapters").exists(), "nothing may be written while any exercise is unrated"
+
+
+def test_cli_check_fails_on_an_exercise_without_hints(root: Path):
+    write_solution(root, "01_a", [markdown(RATED_HEADING), code(STUB_AND_SOLUTION)])
+    result = run_cli("check", "--root", str(root))
+    assert result.returncode != 0
+    assert "solutions/01_a.ipynb: cell 1" in result.stderr and "course-hint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_book_shows_the_solution_without_the_stub_or_markers():
+    shown = notebooks.solution_source(STUB_AND_SOLUTION)
+    assert shown == ("import torch\n\ndef square(x):\n\n    return x * x\n\n"
+                     "assert square(torch.tensor(3)) == 9")
+    assert notebooks.solution_source("x = 1") == "x = 1"
+    with pytest.raises(NotebookError, match="never closed"):
+        notebooks.solution_source("# EXERCISE\n# x = ...")
+
+
 # ------------------------------------------------------------------------------------------ generate
 def test_generate_writes_an_exercise_twin_with_the_same_cells_and_ids(root: Path):
-    write_solution(root, "01_squares", [markdown("Intro"), code(STUB_AND_SOLUTION), code("print('plain')")])
+    write_solution(root, "01_squares", [markdown("Intro"), *exercise(), code("print('plain')")])
     notebooks.generate(root)
-    solved, exercise = read(root / "solutions/01_squares.ipynb"), read(root / "chapters/01_squares.ipynb")
-    assert [cell.id for cell in solved.cells] == [cell.id for cell in exercise.cells]
-    assert len(solved.cells) == 5
-    assert "return x * x" in solved.cells[3].source and "# EXERCISE" in solved.cells[3].source
-    assert exercise.cells[3].source == notebooks.exercise_source(STUB_AND_SOLUTION)
-    assert "return x * x" not in json.dumps(exercise)
-    assert exercise.cells[4].source == solved.cells[4].source == "print('plain')"
+    solved, twin = read(root / "solutions/01_squares.ipynb"), read(root / "chapters/01_squares.ipynb")
+    assert [cell.id for cell in solved.cells] == [cell.id for cell in twin.cells]
+    assert len(solved.cells) == 7
+    assert "return x * x" in solved.cells[5].source and "# EXERCISE" in solved.cells[5].source
+    assert twin.cells[5].source == notebooks.exercise_source(STUB_AND_SOLUTION)
+    assert "return x * x" not in json.dumps(twin)
+    assert twin.cells[6].source == solved.cells[6].source == "print('plain')"
+    assert twin.cells[3].source == RATED_HEADING and twin.cells[4].source == HINT_CELL, "the twin keeps both"
 
 
 def test_solution_cells_are_folded_in_solutions_and_unfolded_in_chapters(root: Path):
-    write_solution(root, "01_squares", [code(STUB_AND_SOLUTION), code("print('plain')")])
+    write_solution(root, "01_squares", [*exercise(), code("print('plain')")])
     notebooks.generate(root)
-    solved, exercise = read(root / "solutions/01_squares.ipynb"), read(root / "chapters/01_squares.ipynb")
-    assert author_cells(solved)[0].metadata["tags"] == ["hide-input"]
-    assert "tags" not in author_cells(solved)[1].metadata
-    assert all("hide-input" not in cell.metadata.get("tags", []) for cell in exercise.cells)
+    solved, twin = read(root / "solutions/01_squares.ipynb"), read(root / "chapters/01_squares.ipynb")
+    assert author_cells(solved)[2].metadata["tags"] == ["hide-input"]
+    assert "tags" not in author_cells(solved)[3].metadata
+    assert all("hide-input" not in cell.metadata.get("tags", []) for cell in twin.cells)
 
 
 def test_hide_input_is_removed_only_where_the_tool_added_it(root: Path):
     path = write_solution(root, "01_tags", [
-        code(STUB_AND_SOLUTION, metadata={"tags": ["keep-me"]}),
+        *exercise(metadata={"tags": ["keep-me"]}),
         code("plot()", metadata={"tags": ["hide-input"]}),  # the author folded this one
     ])
     notebooks.generate(root)
     nb = read(path)
-    assert author_cells(nb)[0].metadata["tags"] == ["keep-me", "hide-input"]
-    author_cells(nb)[0].source = "square = lambda x: x * x"  # the author drops the exercise
+    assert author_cells(nb)[2].metadata["tags"] == ["keep-me", "hide-input"]
+    author_cells(nb)[2].source = "square = lambda x: x * x"  # the author drops the exercise
+    nb.cells = [cell for cell in nb.cells if cell.cell_type == "code"]  # with its heading and hints
     nbformat.write(nb, path)
     notebooks.generate(root)
     first, second = author_cells(read(path))
@@ -223,7 +295,7 @@ def test_generate_strips_outputs_counts_and_transient_metadata(root: Path):
 
 
 def test_generate_is_idempotent_and_deterministic(root: Path, tmp_path_factory):
-    cells = [markdown("Intro"), code(STUB_AND_SOLUTION), code("x = 1"), code("x = 1")]
+    cells = [markdown("Intro"), *exercise(), code("x = 1"), code("x = 1")]
     for cell in cells:
         del cell["id"]  # an nbformat 4.4 notebook: the tool must derive ids, not draw random ones
     nb = nbformat.v4.new_notebook(cells=cells, metadata={"course": {"title": "Ids"}}, nbformat_minor=4)
@@ -240,7 +312,7 @@ def test_generate_is_idempotent_and_deterministic(root: Path, tmp_path_factory):
     assert notebooks.generate(root) == []
     assert snapshot(root) == first
     ids = [cell.id for cell in read(root / "solutions/01_ids.ipynb").cells]
-    assert len(set(ids)) == len(ids) == 6
+    assert len(set(ids)) == len(ids) == 8
 
 
 def test_header_and_setup_cells_are_refreshed_not_duplicated(root: Path):
@@ -344,14 +416,14 @@ def test_a_pinned_package_missing_from_requirements_is_an_error(root: Path):
 
 # ------------------------------------------------------------------------------------------ check
 def test_check_reports_outputs_and_stale_twins_without_writing(root: Path):
-    write_solution(root, "01_a", [code(STUB_AND_SOLUTION)])
+    write_solution(root, "01_a", exercise())
     write_solution(root, "02_b", [code("y = 2")])
     notebooks.generate(root)
     assert notebooks.check(root) == []
 
     executed = read(root / "solutions/01_a.ipynb")
-    author_cells(executed)[0].outputs = [nbformat.v4.new_output("stream", text="9\n")]
-    author_cells(executed)[0].execution_count = 1
+    author_cells(executed)[2].outputs = [nbformat.v4.new_output("stream", text="9\n")]
+    author_cells(executed)[2].execution_count = 1
     nbformat.write(executed, root / "solutions/01_a.ipynb")
     edited = read(root / "solutions/02_b.ipynb")
     author_cells(edited)[0].source = "y = 3"
@@ -410,3 +482,14 @@ def test_every_badge_opens_its_own_chapter_on_the_configured_repository():
         if badge_url(read(path)) != expected:
             wrong.append(f"{path.relative_to(ROOT)}: {badge_url(read(path))} (expected {expected})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_course_exercise_is_rated_and_has_folded_hints():
+    for path in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")):
+        nb = read(path)
+        found = notebooks.exercises(nb.cells, str(path.relative_to(ROOT)))
+        solution_cells = [cell for cell in nb.cells if cell.cell_type == "code" and notebooks.has_solution(cell.source)]
+        assert len(found) == len(solution_cells) > 0, f"{path.name}: every exercise needs a rating and hints"
+        for item in found:
+            assert 1 <= item.difficulty <= 3 and 1 <= item.importance <= 3 and 1 <= item.minutes <= 60
+            assert all(len(hint) > 40 for hint in item.hints), f"{path.name}: {item.name}'s hints are too short to help"

@@ -99,3 +99,23 @@ def schedule(session_minutes: int, chapter_list: list[Chapter], seconds: dict[st
         worked += slot
     rows.append(("Wrap-up: discussion questions, what to read next", closing))
     return rows, left
+
+
+def pitfall_markdown(message: str) -> str:
+    """A check's whole message as one Markdown list item: its first line, then every further line
+    (`input: …`, `hint: …`, expected and got values, …) as a nested item, none dropped."""
+    first, *rest = [line for line in message.splitlines() if line.strip()]
+    items = [f"- {_escape(first.split(': ', 1)[-1])}"]
+    for line in rest:
+        label, sep, text = line.strip().partition(":")
+        if sep and label and " " not in label.strip():
+            label = "Hint given" if label == "hint" else label.capitalize()
+            items.append(f"  - *{label}:* {_escape(text.strip())}")
+        else:
+            items.append(f"  - {_escape(line.strip())}")
+    return "\n".join(items)
+
+
+def _escape(text: str) -> str:
+    """Text shown literally in Markdown: no stray emphasis, roles or math."""
+    return re.sub(r"([\\`*_{}\[\]<>$|])", r"\\\1", text)

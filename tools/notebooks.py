@@ -14,6 +14,23 @@ A solutions notebook is the single source of a chapter. Inside its code cells:
         return ...
     # END SOLUTION
 
+Every exercise is three cells in a row, and `check` fails on one that lacks a part:
+
+    ### Exercise: `loss`                                  <- markdown: the heading, then the rating line
+    **Difficulty** ●●○ · **Importance** ●●● · about 10 minutes
+    What to write …
+
+    <details class="course-hint"><summary>Hint 1</summary>   <- markdown: one or two folded hints, nothing else
+
+    Name the function, the einops pattern or the pitfall.
+
+    </details>
+
+    # EXERCISE … # END SOLUTION                           <- code: the stub and the solution
+
+Other cells may stand between the heading cell and the hint cell, never between the hint and the code.
+Both versions keep the heading and the hints; the book shows the hints folded and the solution folded.
+
 Both versions start with a generated header cell (title, "Open in Colab" badge, link to the solved
 version) and a generated setup cell (a no-op outside Google Colab). The chapter title comes from the
 notebook metadata `course.title`; the repository URL and branch come from _config.yml alone.
@@ -55,6 +72,16 @@ MARKER_STARTS = {"# EXERCISE": "EXERCISE", "# SOLUTION": "SOLUTION"}
 MARKER_ENDS = {"# END EXERCISE": "EXERCISE", "# END SOLUTION": "SOLUTION"}
 NEAR_MARKER = re.compile(r"^#+\s*(END\s*)?(EXERCISE|SOLUTION)S?\b")  # e.g. "#SOLUTION", "# END SOLUTIONS"
 CELL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# The exercise convention (see the module docstring): a rated heading, folded hints, then the code.
+EXERCISE_HEADING = re.compile(r"^###\s+Exercise:\s*(?P<name>.+?)\s*$", re.M)
+RATING = re.compile(r"^\*\*Difficulty\*\*\s+(?P<difficulty>●+○*)\s+·\s+\*\*Importance\*\*\s+"
+                    r"(?P<importance>●+○*)\s+·\s+about\s+(?P<minutes>\d+)\s+minutes\s*$")
+RATING_EXAMPLE = "**Difficulty** ●●○ · **Importance** ●●● · about 10 minutes"
+HINT = re.compile(r'<details class="course-hint"><summary>(?P<title>Hint(?: \d)?)</summary>\n\n'
+                  r"(?P<body>.*?)\n\n</details>", re.S)
+HINT_EXAMPLE = '<details class="course-hint"><summary>Hint 1</summary>\n\nWhat to try…\n\n</details>'
+MAX_HINTS = 2
 
 SETUP_TEMPLATE = '''\
 # Colab setup: fetch the course code, install what Colab lacks, put the course on sys.path. No-op elsewhere.
@@ -235,6 +262,101 @@ def _stub_without_solution(fail, stub_end: int) -> NotebookError:
                           "block (only blank lines may come between them)")
 
 
+# -------------------------------------------------------------------------------------- exercises
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise of a notebook: its name, ratings (1–3), the author's time estimate and its hints."""
+
+    name: str
+    difficulty: int
+    importance: int
+    minutes: int
+    hints: tuple[str, ...]
+
+
+def hints_of(source: str) -> tuple[str, ...] | None:
+    """The hints of a hint cell (its whole source is one or two folded hint blocks), else None."""
+    blocks = list(HINT.finditer(source.strip()))
+    rest = HINT.sub("", source.strip()).strip()
+    if not blocks or rest or len(blocks) > MAX_HINTS or not all(b["body"].strip() for b in blocks):
+        return None
+    return tuple(b["body"].strip() for b in blocks)
+
+
+def _rating(heading_source: str, where: str) -> tuple[str, int, int, int]:
+    """The exercise's name, difficulty, importance and minutes from its heading cell."""
+    heading = EXERCISE_HEADING.search(heading_source)
+    name = heading["name"].strip("` ")
+    after = heading_source[heading.end():].lstrip("\n").split("\n", 1)[0]
+    rating = RATING.match(after)
+    if not rating:
+        raise NotebookError(f"{where}: exercise {name!r} has no rating line right under its heading; "
+                            f"add one like `{RATING_EXAMPLE}` (difficulty and importance out of 3, "
+                            f"● for each point), got {after!r}")
+    scores = []
+    for field in ("difficulty", "importance"):
+        marks = rating[field]
+        if len(marks) != 3:
+            raise NotebookError(f"{where}: exercise {name!r}: {field} must be 3 marks (● filled, then ○), "
+                                f"as in `{RATING_EXAMPLE}`, got {marks!r}")
+        scores.append(marks.count("●"))
+    minutes = int(rating["minutes"])
+    if not 1 <= minutes <= 120:
+        raise NotebookError(f"{where}: exercise {name!r}: 'about {minutes} minutes' is not a time a learner "
+                            "could spend on one exercise; estimate 1 to 120 minutes")
+    return name, scores[0], scores[1], minutes
+
+
+def exercises(cells: list, where: str) -> list[Exercise]:
+    """The exercises in `cells`, in order; raises NotebookError where one lacks its rating or hints."""
+    found: list[Exercise] = []
+    heading: tuple[int, str] | None = None  # the last exercise heading not yet matched to its code
+    for index, cell in enumerate(cells):
+        source = cell.get("source", "")
+        if cell.get("cell_type") == "markdown" and EXERCISE_HEADING.search(source):
+            if heading:
+                raise NotebookError(f"{where}: cell {heading[0]} has an exercise heading but no exercise "
+                                    f"code (`# EXERCISE` … `# END SOLUTION`) follows before the next one "
+                                    f"in cell {index}")
+            if len(EXERCISE_HEADING.findall(source)) > 1:
+                raise NotebookError(f"{where}: cell {index} has several `### Exercise:` headings; give each "
+                                    "exercise its own cell")
+            heading = (index, source)
+        elif cell.get("cell_type") == "code" and has_solution(source):
+            first_line = source.split("\n", 1)[0]
+            here = f"{where}: cell {index} (first line: {first_line!r})"
+            if heading is None:
+                raise NotebookError(f"{here}: an exercise without its heading: put a markdown cell with "
+                                    f"`### Exercise: `name`` and `{RATING_EXAMPLE}` above it")
+            previous = cells[index - 1] if index else {}
+            hints = hints_of(previous.get("source", "")) if previous.get("cell_type") == "markdown" else None
+            if hints is None:
+                raise NotebookError(f"{here}: the cell right before an exercise's code must hold its hints and "
+                                    f"nothing else: one or {MAX_HINTS} blocks like {HINT_EXAMPLE!r}")
+            name, difficulty, importance, minutes = _rating(heading[1], f"{where}: cell {heading[0]}")
+            found.append(Exercise(name, difficulty, importance, minutes, hints))
+            heading = None
+    if heading:
+        raise NotebookError(f"{where}: cell {heading[0]} has an exercise heading but no exercise code "
+                            "(`# EXERCISE` … `# END SOLUTION`) follows it")
+    return found
+
+
+def solution_source(source: str, where: str = "cell") -> str:
+    """What the book shows of a solution cell: the solution without the stub and the marker lines."""
+    exercise_source(source, where)  # validates the markers
+    out, skipping = [], False
+    for line in source.split("\n"):
+        key = line.strip()
+        if key == "# EXERCISE":
+            skipping = True
+        elif key == "# END EXERCISE":
+            skipping = False
+        elif not skipping and key not in ("# SOLUTION", "# END SOLUTION"):
+            out.append(line)
+    return "\n".join(out)
+
+
 # -------------------------------------------------------------------------------------- generated cells
 def header_source(title: str, name: str, repo: Repository) -> str:
     """Markdown of the header cell: title, Colab badge for the exercises, link to the solved version."""
@@ -315,6 +437,7 @@ def normalise(nb: nbformat.NotebookNode, name: str, repo: Repository, pins: dict
         cell.id = _cell_id(cell, index, name, taken)
         taken.add(cell.id)
         cells.append(cell)
+    exercises(nb.cells, where)  # every exercise rated and hinted (cell numbers as the author sees them)
     return nbformat.from_dict({"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5})
 
 

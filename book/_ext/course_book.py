@@ -7,10 +7,22 @@
   an ipywidgets bar would leave an empty box and widget state on a page that cannot draw it.
 - The JavaScript bundles named by `utils.plotting.book_assets()` are copied from the installed packages
   into `_static/course/` once per build and loaded only by pages whose HTML uses them.
+- book/_static/ (the course's CSS, the Colab badge, the course diagram) is a static folder of every page;
+  course.css wraps printed output and styles the folded exercise hints.
+- Each chapter notebook is rewritten as Sphinx reads it (the files on disk stay as they are): a solution cell
+  shows the solution only, without the learner's commented stub and the `# EXERCISE`/`# SOLUTION` markers
+  (`tools.notebooks.solution_source`); the Colab badge's image, an external URL that Colab and GitHub show,
+  becomes the local copy in book/_static/, so the page works offline; and a link to a glossary entry,
+  `[text](../book/glossary.md#term-NAME)` (a plain link in Jupyter, Colab and on GitHub), becomes the
+  `{term}` role that Sphinx checks and links.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
+import posixpath
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,9 +32,14 @@ from sphinx.application import Sphinx
 REPO_ROOT = Path(__file__).resolve().parents[2]  # book/_ext/course_book.py -> the repository
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+from tools.notebooks import COLAB_BADGE, has_solution, solution_source  # noqa: E402
 from utils.plotting import BOOK_BUILD_ENV, book_assets  # noqa: E402  (needs the path above)
 
 STATIC_DIR = "course"
+BOOK_STATIC = REPO_ROOT / "book" / "_static"  # the course's own static files
+LOCAL_BADGE = "book/_static/colab-badge.svg"  # relative to the repository root
+GLOSSARY = REPO_ROOT / "book" / "glossary.md"
+GLOSSARY_LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?:\.\./)*book/glossary\.md#term-(?P<slug>[a-z0-9-]+)\)")
 KERNEL_STARTUP = """\
 # Written by book/_ext/course_book.py for the kernels of a book build: console progress bars.
 import tqdm.auto, tqdm.autonotebook, tqdm.std
@@ -41,6 +58,50 @@ def _kernel_environment(app: Sphinx) -> None:
     startup.parent.mkdir(parents=True, exist_ok=True)
     startup.write_text(KERNEL_STARTUP, encoding="utf-8")
     os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
+def _add_static_path(app: Sphinx, config) -> None:
+    """Serve book/_static/ from every page's _static/."""
+    if str(BOOK_STATIC) not in config.html_static_path:
+        config.html_static_path.append(str(BOOK_STATIC))
+
+
+@functools.cache
+def glossary_terms() -> dict[str, str]:
+    """Every term of book/glossary.md, by the anchor Sphinx gives it (`term-` + this key)."""
+    from docutils.nodes import make_id
+
+    text = GLOSSARY.read_text(encoding="utf-8")
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", text, re.S)
+    terms = [line.strip() for line in block.group(1).split("\n") if line.strip() and not line[0].isspace()]
+    return {make_id(term): term for term in terms}
+
+
+def _term_roles(markdown: str, where: str) -> str:
+    """Glossary links as `{term}` roles; a link to a term the glossary lacks is an error."""
+    def role(match: re.Match) -> str:
+        term = glossary_terms().get(match["slug"])
+        if term is None:
+            raise ValueError(f"{where}: the link {match[0]!r} names no term of book/glossary.md; "
+                             f"terms: {sorted(glossary_terms())}")
+        return f"{{term}}`{match['text']} <{term}>`"
+    return GLOSSARY_LINK.sub(role, markdown)
+
+
+def _rewrite_notebook(app: Sphinx, docname: str, source: list[str]) -> None:
+    """As Sphinx reads a chapter notebook: solutions without stub or markers, and the local Colab badge."""
+    if not docname.startswith("solutions/") or not app.env.doc2path(docname).endswith(".ipynb"):
+        return
+    notebook = json.loads(source[0])
+    badge = posixpath.relpath(LOCAL_BADGE, posixpath.dirname(docname))
+    for index, cell in enumerate(notebook["cells"]):
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and has_solution(text):
+            text = solution_source(text, f"{docname}: cell {index}").strip("\n")
+        elif cell["cell_type"] == "markdown":
+            text = _term_roles(text.replace(f"]({COLAB_BADGE})", f"]({badge})"), f"{docname}: cell {index}")
+        cell["source"] = text
+    source[0] = json.dumps(notebook, ensure_ascii=False)
 
 
 def _add_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
@@ -81,6 +142,9 @@ def _copy_assets(app: Sphinx, exception: Exception | None) -> None:
 def setup(app: Sphinx) -> dict:
     """Prepare the kernels' environment and hook the bundles into the HTML build."""
     _kernel_environment(app)
+    app.connect("config-inited", _add_static_path)
+    app.connect("source-read", _rewrite_notebook)
+    app.add_css_file("course.css")
     app.connect("html-page-context", _add_page_scripts)
     app.connect("build-finished", _copy_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
