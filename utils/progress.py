@@ -32,7 +32,8 @@ from utils.model import HookedTransformer
 
 __all__ = ["restricted_loss", "excluded_loss", "per_frequency_excluded_loss", "restricted_and_excluded", "gini",
            "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "fourier_gini", "stack_models",
-           "stack_checkpoints", "batched_logits", "progress_measures", "Phases", "phase_boundaries", "shade_phases", "PHASE_NAMES", "PHASE_COLORS"]
+           "stack_checkpoints", "batched_logits", "progress_measures", "Phases", "phase_boundaries",
+           "phases_from_measures", "shade_phases", "PHASE_NAMES", "PHASE_COLORS"]
 
 PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
 PHASE_COLORS = ("#0072B2", "#E69F00", "#009E73")  # Okabe-Ito blue, orange, green (utils.plotting.COLORS)
@@ -343,15 +344,41 @@ def phase_boundaries(steps: Sequence[int], test_loss: Sequence[float], fraction:
     return Phases(int(steps[0]), int(steps[first_peak]), cleanup_start, cleanup_end)
 
 
+def phases_from_measures(measures: pd.DataFrame, fraction: float = 0.1) -> Phases:
+    """The three phases read the paper's way, off the progress measures themselves (not the test loss):
+
+    1. **memorisation** ends where the excluded loss is lowest: until then the model's training answers do not
+       depend on the key directions; from then on removing them hurts more and more (the circuit forms);
+    2. **cleanup** starts at the excluded loss's peak, after that minimum: the memorised part starts to go, so
+       removing the circuit leaves less behind;
+    3. **cleanup** ends where the weight norm Σθ² has fallen 1 - `fraction` (90%) of the way from its value at
+       the start of cleanup to its last value: weight decay has finished removing what memorisation used.
+    measures: the table of `progress_measures` (columns step, excluded_loss, sum_squared_weights).
+    """
+    steps = measures.step.to_numpy()
+    excluded = measures.excluded_loss.to_numpy()
+    norm = measures.sum_squared_weights.to_numpy()
+    if len(steps) < 4 or not (np.diff(steps) > 0).all():
+        raise ValueError("phases_from_measures needs at least 4 checkpoints in increasing order of step")
+    peak = int(np.argmax(excluded))
+    low = int(np.argmin(excluded[:peak + 1]))
+    if peak == low:
+        raise ValueError("the excluded loss never rises in these measures: no circuit formed, so there are no phases "
+                         "to read off them")
+    target = norm[peak] - (1 - fraction) * (norm[peak] - norm[-1])
+    end = _first(steps, (np.arange(len(steps)) >= peak) & (norm <= target), "the weight norm's fall")
+    return Phases(int(steps[0]), int(steps[low]), int(steps[peak]), end)
+
+
 def shade_phases(fig: go.Figure, phases: Phases, label: bool = True, **subplot) -> go.Figure:
     """Shade memorisation, circuit formation and cleanup on a figure whose x axis is the training step (linear).
 
     label: name each phase just above the plot, centred on its band (not for subplots);
     subplot: e.g. row=1, col=2 to shade one panel of a make_subplots grid.
     """
-    for (name, start, end), color in zip(phases.spans(), PHASE_COLORS):
+    for i, ((name, start, end), color) in enumerate(zip(phases.spans(), PHASE_COLORS)):
         fig.add_vrect(x0=start, x1=end, fillcolor=color, opacity=0.12, line_width=0, layer="below", **subplot)
-        if label and not subplot:
+        if label and not subplot:  # every other label one line higher: a narrow phase's name cannot overlap
             fig.add_annotation(x=(start + end) / 2, y=1, xref="x", yref="paper", yanchor="bottom", text=name,
-                               showarrow=False, font=dict(size=11, color=color))
+                               yshift=14 * (i % 2), showarrow=False, font=dict(size=11, color=color))
     return fig
