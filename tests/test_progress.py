@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from utils import ablation, progress
+from utils import ablation, plotting, progress
 from utils.data import make_dataset
 from utils.model import make_model, model_config
 from utils.train import TrainConfig, loss_fn, train
@@ -177,11 +177,12 @@ def test_phase_boundaries_refuse_a_run_that_did_not_grok():
         progress.phase_boundaries(steps, np.ones(5))
 
 
-def test_shade_phases_draws_one_labelled_band_per_phase():
-    fig = progress.shade_phases(go.Figure(go.Scatter(x=[0, 1000], y=[1, 2])), progress.Phases(0, 100, 520, 680))
+def test_shade_phases_draws_one_labelled_band_per_phase_with_staggered_labels():
+    fig = plotting.shade_phases(go.Figure(go.Scatter(x=[0, 1000], y=[1, 2])), progress.Phases(0, 100, 520, 680))
     bands = [(shape.x0, shape.x1) for shape in fig.layout.shapes]
     assert bands == [(0, 100), (100, 520), (520, 680)]
     assert [a.text for a in fig.layout.annotations] == list(progress.PHASE_NAMES)
+    assert [a.yshift for a in fig.layout.annotations] == [0, 14, 0]  # neighbours never share a line
 
 
 @pytest.mark.parametrize("measure", [progress.excluded_loss, progress.per_frequency_excluded_loss])

@@ -1,14 +1,16 @@
-"""Shared helpers for the grokking course: one module per concept.
+"""The grokking course's library: one module per concept, in layers (a module imports only from its own layer or
+below; tests/test_layers.py enforces it).
 
-utils.data       the modular-addition dataset and its train/test split
-utils.model      the one-layer HookedTransformer (the only module that imports transformer_lens)
-utils.train      a fast, exact trainer, cached runs with checkpoints, batched runs, and its CLI
-utils.fourier    the Fourier basis on Z_p, 1-D/2-D transforms, the key frequencies
-utils.mechanism  the algorithm read off the weights: neuron frequencies and clusters, W_L, cosine fits
-utils.ablation   removing or keeping frequency directions, neuron projections and ablations
-utils.progress   restricted/excluded loss, Gini, weight norm, all checkpoints at once, phase boundaries
-utils.plotting   the house style for plotly figures and offline rendering in the book
-utils.checks     one check_<exercise>(fn) per exercise
+  4  checks                      one check_<exercise>(fn) per exercise
+  3  plotting                    the house style for plotly figures, phase shading, offline rendering in the book
+  2  train                       the fast, exact trainer, cached runs, batched runs and the CLI (training)
+  2  mechanism ablation progress the algorithm read off the weights, ablations, progress measures and phases,
+     outcomes claims original    what became of a run, the chapters' claims, the authors' checkpoints (analysis:
+                                 never imports training)
+  1  model                       the one-layer HookedTransformer (the only module that imports transformer_lens)
+  0  data metrics fourier        the dataset and split, the one loss and accuracy, the Fourier basis and key
+                                 frequencies (maths)
+Notebooks sit on top and may import anything.
 """
 from pathlib import Path
 

@@ -10,7 +10,7 @@ Two kinds of piece:
   (`project_neurons`).
 
 Every function here works on all p² inputs (a, b, =) in the dataset's order (row a·p + b), so that a per-input
-quantity can be laid out as a p × p grid. Losses use `utils.train.loss_fn` (float64).
+quantity can be laid out as a p × p grid. Losses are `utils.metrics.cross_entropy` (float64).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from utils.data import make_dataset
 from utils.fourier import check_frequencies, cos_sin_rows, fourier_basis
 from utils.mechanism import NEURON_HOOK, model_logits, neuron_activations
 from utils.model import HookedTransformer
-from utils.train import loss_fn
+from utils.metrics import accuracy, cross_entropy
 
 __all__ = ["NEURON_HOOK", "ABLATIONS", "model_logits", "sum_directions", "frequency_component",
            "remove_frequencies", "keep_frequencies", "remove_embedding_frequencies", "logit_loss", "logit_accuracy",
@@ -84,16 +84,12 @@ def keep_frequencies(logits: torch.Tensor, freqs: Sequence[int]) -> torch.Tensor
 
 def logit_loss(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> float:
     """Mean cross-entropy (float64) of logits [p², p] on the inputs idx (default: all of them)."""
-    if idx is not None:
-        logits, labels = logits[idx], labels[idx]
-    return loss_fn(logits, labels).item()
+    return cross_entropy(logits, labels, idx).item()
 
 
 def logit_accuracy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> float:
     """Share of the inputs idx (default: all) whose largest logit is the label."""
-    if idx is not None:
-        logits, labels = logits[idx], labels[idx]
-    return (logits.argmax(-1) == labels).double().mean().item()
+    return accuracy(logits, labels, idx).item()
 
 
 # --- the embedding --------------------------------------------------------------------------------

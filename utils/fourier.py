@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import einops
 import torch
 
 from utils.data import check_p
-from utils.model import HookedTransformer
+
+if TYPE_CHECKING:  # pure maths: a model is only read (its weights), never built here
+    from utils.model import HookedTransformer
 
 __all__ = ["fourier_basis", "basis_labels", "fft1d", "fft2d", "frequency_norms", "embedding_frequency_norms",
            "output_frequency_norms", "largest_gap", "key_frequencies", "echo_frequencies", "fold", "n_frequencies",

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from utils.metrics import first_step
+
 __all__ = ["OUTCOMES", "MEMORISED_AT", "HALF_TEST_AT", "GENERALISED_AT", "PLATEAU_FACTOR", "first_step", "outcome"]
 
 # --- outcomes ----------------------------------------------------------------------------------------------------
 OUTCOMES = ("grokked", "memorised only", "generalised at once", "not fitted")
 MEMORISED_AT, HALF_TEST_AT, GENERALISED_AT = 0.99, 0.5, 0.99  # accuracy thresholds
 PLATEAU_FACTOR = 2  # grokked: test accuracy reaches 50% only after PLATEAU_FACTOR × the steps memorising took
-
-
-def first_step(metrics: pd.DataFrame, column: str, threshold: float) -> int | None:
-    """The first evaluated step at which metrics[column] ≥ threshold, or None if it never gets there."""
-    reached = metrics.step[metrics[column] >= threshold]
-    return int(reached.iloc[0]) if len(reached) else None
 
 
 def outcome(metrics: pd.DataFrame) -> str:

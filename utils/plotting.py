@@ -36,6 +36,7 @@ WIDGET_CLASS = "course-circuitsvis"
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"  # blue negative, white zero, red positive
+PHASE_COLORS = (COLORS[0], COLORS[4], COLORS[2])  # memorisation, circuit formation, cleanup: blue, orange, green
 
 
 def _course_template() -> go.layout.Template:
@@ -244,3 +245,17 @@ def attention_patterns(tokens: Sequence[str], pattern, head_names: Sequence[str]
     box = (f'<div id="{div_id}" class="{WIDGET_CLASS}" style="display: grid; gap: 12px 8px; margin: 15px 0; '
            f'grid-template-columns: repeat(auto-fill, minmax(160px, 1fr));">')
     return HTML(f"{box}{charts}</div>\n{bundle}{draw}")
+
+
+def shade_phases(fig: go.Figure, phases, label: bool = True, **subplot) -> go.Figure:
+    """Shade the three phases (a utils.progress.Phases) on a figure whose x axis is the training step (linear).
+
+    label: name each phase just above the plot, centred on its band (not for subplots);
+    subplot: e.g. row=1, col=2 to shade one panel of a make_subplots grid.
+    """
+    for i, ((name, start, end), color) in enumerate(zip(phases.spans(), PHASE_COLORS)):
+        fig.add_vrect(x0=start, x1=end, fillcolor=color, opacity=0.12, line_width=0, layer="below", **subplot)
+        if label and not subplot:  # every other label one line higher: a narrow phase's name cannot overlap
+            fig.add_annotation(x=(start + end) / 2, y=1, xref="x", yref="paper", yanchor="bottom", text=name,
+                               yshift=14 * (i % 2), showarrow=False, font=dict(size=11, color=color))
+    return fig

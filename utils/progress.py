@@ -10,8 +10,8 @@
 
 `progress_measures(run)` computes them all at every checkpoint at once: it stacks the checkpoints' weights and
 runs the model on all p² inputs for many checkpoints in one batched einsum (`batched_logits`, which the tests
-check against HookedTransformer). `phase_boundaries` reads the paper's three phases off the curves and
-`shade_phases` draws them on a figure.
+check against HookedTransformer). `phase_boundaries` reads the paper's three phases off the test loss, `phases_from_measures` off the
+measures themselves; `utils.plotting.shade_phases` draws them on a figure.
 """
 from __future__ import annotations
 
@@ -22,40 +22,23 @@ from typing import NamedTuple
 import einops
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 from utils.ablation import frequency_component, keep_frequencies, model_logits, remove_frequencies, sum_directions
 from utils.data import make_dataset
 from utils.fourier import fourier_basis
+from utils.metrics import accuracy, cross_entropy
 from utils.model import HookedTransformer
 
 __all__ = ["restricted_loss", "excluded_loss", "per_frequency_excluded_loss", "restricted_and_excluded", "gini",
            "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "fourier_gini", "stack_models",
            "stack_checkpoints", "batched_logits", "progress_measures", "Phases", "phase_boundaries",
-           "phases_from_measures", "shade_phases", "PHASE_NAMES", "PHASE_COLORS"]
+           "phases_from_measures", "PHASE_NAMES"]
 
 PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
-PHASE_COLORS = ("#0072B2", "#E69F00", "#009E73")  # Okabe-Ito blue, orange, green (utils.plotting.COLORS)
 
 
 # --- losses of ablated logits, for logits [..., p², p] of one model or a stack of them ------------------------
-def _losses(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy (float64) over the inputs idx for every leading index: [..., p², p] → [...]."""
-    if idx is not None:
-        logits, labels = logits[..., idx, :], labels[idx]
-    log_probs = logits.double().log_softmax(-1)
-    picked = log_probs.gather(-1, labels.expand(*log_probs.shape[:-2], -1)[..., None])[..., 0]
-    return -picked.mean(-1)
-
-
-def _accuracies(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """Share of the inputs idx whose largest logit is the label, for every leading index: [..., p², p] → [...]."""
-    if idx is not None:
-        logits, labels = logits[..., idx, :], labels[idx]
-    return (logits.argmax(-1) == labels).double().mean(-1)
-
-
 def _centred_rms(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Root-mean-square over the inputs idx and the answers, after removing each input's mean over the answers
     (a shift softmax ignores): [..., p², p] → [...]."""
@@ -82,7 +65,7 @@ def restricted_loss(model: HookedTransformer, freqs: Sequence[int], idx: torch.T
     """Loss on idx (default: all p² inputs) when the logits keep only the constant and cos/sin(w_k(a+b)), k in freqs."""
     p = model.cfg.d_vocab_out
     _, labels = make_dataset(p)
-    return _losses(keep_frequencies(model_logits(model), freqs), labels, idx).item()
+    return cross_entropy(keep_frequencies(model_logits(model), freqs), labels, idx).item()
 
 
 def excluded_loss(model: HookedTransformer, freqs: Sequence[int], train_idx: torch.Tensor) -> float:
@@ -93,20 +76,20 @@ def excluded_loss(model: HookedTransformer, freqs: Sequence[int], train_idx: tor
     p = model.cfg.d_vocab_out
     _, labels = make_dataset(p)
     train_idx = _pairs(p, train_idx, "excluded_loss")
-    return _losses(remove_frequencies(model_logits(model), freqs), labels, train_idx).item()
+    return cross_entropy(remove_frequencies(model_logits(model), freqs), labels, train_idx).item()
 
 
 def restricted_and_excluded(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
                             freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Restricted loss (all inputs) and excluded loss (training inputs) of stacked logits [n, p², p]: two [n]."""
-    return (_losses(keep_frequencies(logits, freqs), labels, None),
-            _losses(remove_frequencies(logits, freqs), labels, train_idx))
+    return (cross_entropy(keep_frequencies(logits, freqs), labels, None),
+            cross_entropy(remove_frequencies(logits, freqs), labels, train_idx))
 
 
 def _per_frequency_excluded(logits: torch.Tensor, labels: torch.Tensor, freqs: Sequence[int],
                             train_idx: torch.Tensor) -> torch.Tensor:
     """Training loss with each frequency removed in turn: [..., p², p] → [..., len(freqs)]."""
-    return torch.stack([_losses(logits - frequency_component(logits, [k]), labels, train_idx) for k in freqs], -1)
+    return torch.stack([cross_entropy(logits - frequency_component(logits, [k]), labels, train_idx) for k in freqs], -1)
 
 
 def per_frequency_excluded_loss(model: HookedTransformer, freqs: Sequence[int],
@@ -238,11 +221,11 @@ def _logit_measures(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch
     key_test = component(test_idx)
     restricted = logits.mean(-2, keepdim=True) + component(torch.arange(p * p))
     return {
-        "restricted_loss": _losses(restricted, labels, None),
-        "excluded_loss": _losses(train - component(train_idx), labels[train_idx], None),
+        "restricted_loss": cross_entropy(restricted, labels, None),
+        "excluded_loss": cross_entropy(train - component(train_idx), labels[train_idx], None),
         "key_logit_rms": _centred_rms(key_test, slice(None)),
         "other_logit_rms": _centred_rms(test - key_test - logits.mean(-2, keepdim=True), slice(None)),
-        "per_frequency": torch.stack([_losses(train - component(train_idx, slice(2 * j, 2 * j + 2)),
+        "per_frequency": torch.stack([cross_entropy(train - component(train_idx, slice(2 * j, 2 * j + 2)),
                                               labels[train_idx], None) for j in range(len(freqs))]
                                      or [torch.zeros(len(logits), dtype=torch.float64)], -1)[:, :len(freqs)],
     }
@@ -270,9 +253,9 @@ def progress_measures(run, freqs: Sequence[int], steps: Sequence[int] | None = N
             logits = batched_logits(params).double()  # [n, p², p]
             embed, unembed = weight_frequency_norms(params)
             table = {"step": part,
-                     "train_loss": _losses(logits, labels, train_idx), "test_loss": _losses(logits, labels, test_idx),
-                     "train_acc": _accuracies(logits, labels, train_idx),
-                     "test_acc": _accuracies(logits, labels, test_idx),
+                     "train_loss": cross_entropy(logits, labels, train_idx), "test_loss": cross_entropy(logits, labels, test_idx),
+                     "train_acc": accuracy(logits, labels, train_idx),
+                     "test_acc": accuracy(logits, labels, test_idx),
                      **_logit_measures(logits, labels, train_idx, test_idx, freqs),
                      "gini_W_E": gini(embed), "gini_W_L": gini(unembed),
                      "sum_squared_weights": sum(v.double().pow(2).flatten(1).sum(1) for v in params.values())}
@@ -368,17 +351,3 @@ def phases_from_measures(measures: pd.DataFrame, fraction: float = 0.1) -> Phase
     target = norm[peak] - (1 - fraction) * (norm[peak] - norm[-1])
     end = _first(steps, (np.arange(len(steps)) >= peak) & (norm <= target), "the weight norm's fall")
     return Phases(int(steps[0]), int(steps[low]), int(steps[peak]), end)
-
-
-def shade_phases(fig: go.Figure, phases: Phases, label: bool = True, **subplot) -> go.Figure:
-    """Shade memorisation, circuit formation and cleanup on a figure whose x axis is the training step (linear).
-
-    label: name each phase just above the plot, centred on its band (not for subplots);
-    subplot: e.g. row=1, col=2 to shade one panel of a make_subplots grid.
-    """
-    for i, ((name, start, end), color) in enumerate(zip(phases.spans(), PHASE_COLORS)):
-        fig.add_vrect(x0=start, x1=end, fillcolor=color, opacity=0.12, line_width=0, layer="below", **subplot)
-        if label and not subplot:  # every other label one line higher: a narrow phase's name cannot overlap
-            fig.add_annotation(x=(start + end) / 2, y=1, xref="x", yref="paper", yanchor="bottom", text=name,
-                               yshift=14 * (i % 2), showarrow=False, font=dict(size=11, color=color))
-    return fig
