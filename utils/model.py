@@ -15,7 +15,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from utils.data import check_p
 
 __all__ = ["HookedTransformer", "HookedTransformerConfig", "model_config", "make_model",
-           "bias_names", "load_original_checkpoint", "CheckpointError"]
+           "bias_names", "load_original_checkpoint", "CheckpointError", "PATTERN_HOOK",
+           "uniform_attention", "attention_rate_hook", "set_attention_rate"]
 
 
 class CheckpointError(ValueError):
@@ -52,6 +53,39 @@ def make_model(cfg_or_p: HookedTransformerConfig | int = 113) -> HookedTransform
     for name in bias_names(model):
         params[name].requires_grad_(False)
         params[name].data.zero_()
+    return model
+
+
+# --- the attention rate (Zhong et al. 2023, "The Clock and the Pizza") ---------------------------
+PATTERN_HOOK = "blocks.0.attn.hook_pattern"  # attention weights after the softmax: [batch, head, query, key]
+
+
+def uniform_attention(n_ctx: int) -> torch.Tensor:
+    """Causal uniform attention: query q spreads its weight evenly over keys 0 … q. [n_ctx (query), n_ctx (key)]."""
+    allowed = torch.ones(n_ctx, n_ctx).tril()
+    return allowed / allowed.sum(-1, keepdim=True)
+
+
+def attention_rate_hook(alpha: float):
+    """A hook for PATTERN_HOOK mixing the pattern with uniform attention: α·softmax + (1 - α)·uniform.
+
+    α = 1 is ordinary attention, α = 0 attention that ignores the inputs (every key weighted alike).
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"the attention rate must be in [0, 1], got {alpha}")
+
+    def mix(pattern: torch.Tensor, hook) -> torch.Tensor:
+        uniform = uniform_attention(pattern.shape[-1]).to(pattern)
+        return alpha * pattern + (1 - alpha) * uniform
+
+    return mix
+
+
+def set_attention_rate(model: HookedTransformer, alpha: float) -> HookedTransformer:
+    """Give the model attention rate α for good (a permanent hook; α = 1 removes it). Returns the model."""
+    model.reset_hooks(including_permanent=True)
+    if alpha != 1:
+        model.add_hook(PATTERN_HOOK, attention_rate_hook(alpha), is_permanent=True)
     return model
 
 
