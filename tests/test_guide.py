@@ -32,7 +32,7 @@ def test_the_recorded_timings_cover_every_chapter_and_passed():
 def test_every_check_a_chapter_calls_has_recorded_pitfalls():
     messages = guide.check_messages()
     missing = [check for chapter in guide.chapters() for check in chapter.checks if not messages.get(check)]
-    assert not missing, f"checks without recorded wrong-answer messages (test them in tests/test_checks.py): {missing}"
+    assert not missing, f"checks without recorded wrong-answer messages (test them in tests/checks/): {missing}"
 
 
 def make_chapter(number: int, minutes: int) -> guide.Chapter:

@@ -4,7 +4,7 @@
   About N minutes") and the exercise checks it calls.
 - `execution_seconds()` reads book/records/chapter_times.json (written by `make test`, copied by `make record`).
 - `check_messages()` reads book/records/check_messages.json: what each check tells a learner for the wrong
-  answers in tests/test_checks.py, i.e. the pitfalls it recognises.
+  answers in tests/checks/, i.e. the pitfalls it recognises.
 - `schedule(...)` lays chapters into a session of a given length, with breaks, in order.
 """
 from __future__ import annotations

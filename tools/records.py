@@ -4,7 +4,7 @@ Loaded as a pytest plugin by the root conftest.py. After a test run:
 - artifacts/chapter_times.json: per notebook executed by nbval, the wall time of all its cells (kernel start
   included) and whether every cell passed; entries for notebooks not run this time are kept;
 - artifacts/check_messages.json: per exercise check, the messages it gave the wrong answers in
-  tests/test_checks.py (recorded through `record_check_message`), i.e. the pitfalls it recognises.
+  tests/checks/ (recorded through `record_check_message`), i.e. the pitfalls it recognises.
 `make record` copies both into book/records/, the files the instructor guide's tables are computed from.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ _messages: dict[str, list[str]] = defaultdict(list)
 
 
 def record_check_message(check_name: str, message: str) -> None:
-    """Remember a message an exercise check gave a wrong answer (called by tests/test_checks.py)."""
+    """Remember a message an exercise check gave a wrong answer (called by tests/checks/)."""
     if message not in _messages[check_name]:
         _messages[check_name].append(message)
 
@@ -83,4 +83,4 @@ def pytest_sessionfinish(session) -> None:
             "seconds = all cells of the notebook, kernel start included")
     if _messages:
         _merge(ARTIFACTS / MESSAGES, "checks", dict(_messages),
-               "the CheckFailed messages each exercise check gave the wrong answers in tests/test_checks.py")
+               "the CheckFailed messages each exercise check gave the wrong answers in tests/checks/")
