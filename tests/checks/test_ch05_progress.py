@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils import ablation, checks, progress
-from utils.train import loss_fn
+from utils.metrics import cross_entropy, loss_fn
 
 
 def test_restricted_and_excluded_check_accepts_the_reference():
@@ -20,7 +20,7 @@ def excluded_on_all(logits, labels, train_idx, freqs):
 
 def restricted_removed(logits, labels, train_idx, freqs):
     _, excluded = progress.restricted_and_excluded(logits, labels, train_idx, freqs)
-    return progress._losses(ablation.remove_frequencies(logits, freqs), labels, None), excluded
+    return cross_entropy(ablation.remove_frequencies(logits, freqs), labels), excluded
 
 
 @pytest.mark.parametrize("wrong, expected", [

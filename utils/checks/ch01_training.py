@@ -14,7 +14,7 @@ from utils.checks.harness import call, describe, fail, guarded, none_hint, passe
 from utils.checks.inputs import logit_cases, tiny_setup
 from utils.data import make_dataset
 from utils.model import HookedTransformerConfig, model_config
-from utils.train import loss_fn as reference_loss_fn
+from utils.metrics import loss_fn as reference_loss_fn
 
 __all__ = ["check_make_dataset", "check_model_config", "check_loss_fn", "check_train_step"]
 

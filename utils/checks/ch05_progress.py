@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from utils import ablation as _ablation, progress as _progress
+from utils.metrics import cross_entropy
 from utils.checks.compare import Mistakes, expect_tensor
 from utils.checks.harness import call, describe, fail, guarded, none_hint, passed
 from utils.checks.inputs import memorising_logits
@@ -19,7 +20,7 @@ def _loss_mistakes(logits, labels, train_idx, freqs) -> tuple[Mistakes, Mistakes
     p = logits.shape[-1]
     kept, removed = _ablation.keep_frequencies(logits, freqs), _ablation.remove_frequencies(logits, freqs)
     test_idx = torch.tensor(sorted(set(range(p * p)) - set(train_idx.tolist())))
-    loss = lambda x, idx=None: _progress._losses(x, labels, idx)  # noqa: E731
+    loss = lambda x, idx=None: cross_entropy(x, labels, idx)  # noqa: E731
     restricted = [
         ("the restricted loss keeps the key directions; you removed them.", lambda: loss(removed)),
         ("the restricted loss is measured on ALL inputs; you used the training pairs only.",

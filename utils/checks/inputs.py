@@ -15,7 +15,7 @@ import torch
 from utils.data import make_dataset, train_test_split
 from utils.fourier import cos_sin_rows, fourier_basis
 from utils.model import make_model, model_config
-from utils.train import loss_fn as reference_loss_fn
+from utils.metrics import loss_fn as reference_loss_fn
 
 __all__ = ["grid_ab", "raw_waves", "wave", "random_model", "tiny_setup", "logit_cases", "ablation_logits",
            "ch4_logit_cases", "memorising_logits", "planted_embedding", "embedding_cases", "planted_circuit",
