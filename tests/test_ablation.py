@@ -117,12 +117,12 @@ def test_model_logits_are_the_last_position_in_dataset_order(tiny_model):
     tokens, _ = make_dataset(P)
     with torch.no_grad():
         want = tiny_model(tokens)[:, -1]
-    torch.testing.assert_close(ablation.model_logits(tiny_model), want)
+    torch.testing.assert_close(mechanism.model_logits(tiny_model), want)
 
 
 def test_putting_the_neurons_own_activations_back_changes_nothing(tiny_model):
     logits = ablation.run_with_neurons(tiny_model, mechanism.neuron_activations(tiny_model))
-    torch.testing.assert_close(logits, ablation.model_logits(tiny_model))
+    torch.testing.assert_close(logits, mechanism.model_logits(tiny_model))
     assert mechanism.neuron_activations(tiny_model).shape == (P, P, 48)
 
 
@@ -132,7 +132,7 @@ def test_zero_ablating_every_neuron_is_the_model_without_its_mlp(tiny_model):
     with torch.no_grad():
         without_mlp.blocks[0].mlp.W_out.zero_()
     torch.testing.assert_close(ablation.ablate_neurons(tiny_model, range(48), "zero"),
-                               ablation.model_logits(without_mlp), atol=1e-5, rtol=1e-5)
+                               mechanism.model_logits(without_mlp), atol=1e-5, rtol=1e-5)
 
 
 def test_mean_ablation_gives_every_input_the_average_activation(tiny_model):
@@ -149,7 +149,7 @@ def test_mean_ablation_gives_every_input_the_average_activation(tiny_model):
 
 
 def test_ablating_no_neurons_changes_nothing_and_unknown_methods_are_refused(tiny_model):
-    torch.testing.assert_close(ablation.ablate_neurons(tiny_model, [], "zero"), ablation.model_logits(tiny_model))
+    torch.testing.assert_close(ablation.ablate_neurons(tiny_model, [], "zero"), mechanism.model_logits(tiny_model))
     with pytest.raises(ValueError, match="zero"):
         ablation.ablate_neurons(tiny_model, [1], "resample")
 
@@ -163,14 +163,6 @@ def test_project_neurons_replaces_only_the_listed_neurons_by_their_projection(ti
                                ablation.run_with_neurons(tiny_model, new))
 
 
-def test_per_cluster_loss_ablates_each_cluster_in_turn(tiny_model):
-    _, labels = make_dataset(P)
-    clusters = {1: torch.tensor([0, 1]), 4: torch.tensor([2])}
-    losses = ablation.per_cluster_loss(tiny_model, clusters, "mean")
-    assert set(losses) == {1, 4}
-    assert losses[4] == pytest.approx(ablation.logit_loss(ablation.ablate_neurons(tiny_model, [2], "mean"), labels))
-
-
 def test_removing_an_embedding_frequency_removes_exactly_its_waves_from_the_token_rows():
     model = make_model(model_config(p=P, d_model=16, n_heads=2, d_mlp=16, seed=3))
     logits = ablation.remove_embedding_frequencies(model, [2])
@@ -180,4 +172,4 @@ def test_removing_an_embedding_frequency_removes_exactly_its_waves_from_the_toke
     expected[:P] = basis.T @ (basis @ W_E[:P] * (torch.arange(P) != 3)[:, None] * (torch.arange(P) != 4)[:, None])
     with torch.no_grad():
         model.embed.W_E.copy_(expected.float())
-    torch.testing.assert_close(logits, ablation.model_logits(model))
+    torch.testing.assert_close(logits, mechanism.model_logits(model))

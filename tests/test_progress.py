@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from utils import ablation, plotting, progress
+from utils import ablation, mechanism, plotting, progress
 from utils.data import make_dataset
 from utils.model import make_model, model_config
 from utils.train import TrainConfig, loss_fn, train
@@ -63,13 +63,19 @@ def test_sum_squared_weights_adds_every_parameter_squared():
     assert progress.sum_squared_weights(model) == pytest.approx(0.25 * sum(p.numel() for p in model.parameters()))
 
 
+def fourier_gini(model) -> dict[str, float]:
+    """Gini of one model's per-frequency Fourier norms of W_E and W_L, through the stacked code path."""
+    embed, unembed = progress.weight_frequency_norms(progress.stack_models([model]))
+    return {"W_E": progress.gini(embed[0]).item(), "W_L": progress.gini(unembed[0]).item()}
+
+
 def test_fourier_gini_is_high_for_an_embedding_built_from_one_frequency():
     model = make_model(model_config(p=P, d_model=32, n_heads=4, d_mlp=48, seed=0))
     x = torch.arange(P, dtype=torch.float32)
     with torch.no_grad():
         model.W_E[:P] = 0
         model.W_E[:P, 0], model.W_E[:P, 1] = torch.cos(2 * torch.pi * 4 * x / P), torch.sin(2 * torch.pi * 4 * x / P)
-    ginis = progress.fourier_gini(model)
+    ginis = fourier_gini(model)
     assert ginis["W_E"] == pytest.approx(1 - 1 / (P // 2), abs=1e-5)  # one frequency of 6 holds everything
     assert ginis["W_L"] < 0.5  # W_out W_U is still random
 
@@ -81,13 +87,13 @@ def test_batched_logits_match_hooked_transformer_with_biases(seeds):
     logits = progress.batched_logits(progress.stack_models(models))
     assert logits.shape == (len(seeds), P * P, P)
     for got, model in zip(logits, models):
-        torch.testing.assert_close(got, ablation.model_logits(model), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, mechanism.model_logits(model), atol=1e-5, rtol=1e-5)
 
 
 def test_batched_logits_match_hooked_transformer_on_a_checkpoint(tiny_run):
     step = tiny_run.checkpoint_steps[-2]
     logits = progress.batched_logits(progress.stack_checkpoints(tiny_run, [step]))[0]
-    torch.testing.assert_close(logits, ablation.model_logits(tiny_run.model_at(step)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, mechanism.model_logits(tiny_run.model_at(step)), atol=1e-5, rtol=1e-5)
 
 
 def test_vectorised_measures_equal_the_per_model_computation(tiny_run):
@@ -98,8 +104,8 @@ def test_vectorised_measures_equal_the_per_model_computation(tiny_run):
     tokens, labels = tiny_run.dataset()
     for row, freq_losses in zip(measures.itertuples(), per_freq):
         model = tiny_run.model_at(row.step)
-        logits = ablation.model_logits(model)
-        ginis = progress.fourier_gini(model)
+        logits = mechanism.model_logits(model)
+        ginis = fourier_gini(model)
         want = {
             "train_loss": loss_fn(logits[tiny_run.train_idx], labels[tiny_run.train_idx]).item(),
             "test_loss": loss_fn(logits[tiny_run.test_idx], labels[tiny_run.test_idx]).item(),
@@ -122,7 +128,7 @@ def test_vectorised_measures_equal_the_per_model_computation(tiny_run):
 
 def test_excluding_nothing_is_the_training_loss_and_one_frequency_matches_its_per_frequency_loss(tiny_run):
     model = tiny_run.model
-    logits, (_, labels) = ablation.model_logits(model), make_dataset(P)
+    logits, (_, labels) = mechanism.model_logits(model), make_dataset(P)
     train_loss = loss_fn(logits[tiny_run.train_idx], labels[tiny_run.train_idx]).item()
     assert progress.excluded_loss(model, [], tiny_run.train_idx) == pytest.approx(train_loss)
     assert progress.per_frequency_excluded_loss(model, [2], tiny_run.train_idx).item() == pytest.approx(
@@ -131,7 +137,7 @@ def test_excluding_nothing_is_the_training_loss_and_one_frequency_matches_its_pe
 
 def test_restricted_loss_keeps_the_constant_and_the_key_directions(tiny_run):
     model = tiny_run.model
-    logits, (_, labels) = ablation.model_logits(model), make_dataset(P)
+    logits, (_, labels) = mechanism.model_logits(model), make_dataset(P)
     want = loss_fn(ablation.keep_frequencies(logits, [1, 5]), labels).item()
     assert progress.restricted_loss(model, [1, 5]) == pytest.approx(want)
 

@@ -15,7 +15,7 @@ quantity can be laid out as a p × p grid. Losses are `utils.metrics.cross_entro
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import einops
 import torch
@@ -26,11 +26,10 @@ from utils.mechanism import NEURON_HOOK, model_logits, neuron_activations
 from utils.model import HookedTransformer
 from utils.metrics import accuracy, cross_entropy
 
-__all__ = ["NEURON_HOOK", "ABLATIONS", "model_logits", "sum_directions", "frequency_component",
+__all__ = ["ABLATIONS", "sum_directions", "frequency_component",
            "remove_frequencies", "keep_frequencies", "remove_embedding_frequencies", "logit_loss", "logit_accuracy",
            "project_onto_frequency",
-           "run_with_neurons", "ablate_neurons", "project_neurons", "per_frequency_loss",
-           "per_cluster_loss"]
+           "run_with_neurons", "ablate_neurons", "project_neurons", "per_frequency_loss"]
 
 ABLATIONS = ("zero", "mean")
 
@@ -190,10 +189,3 @@ def per_frequency_loss(logits: torch.Tensor, labels: torch.Tensor, freqs: Sequen
     """Loss on idx (default: all inputs) with each frequency's directions removed in turn: [len(freqs)] (float64)."""
     return torch.tensor([logit_loss(remove_frequencies(logits, [k]), labels, idx) for k in freqs],
                         dtype=torch.float64)
-
-
-def per_cluster_loss(model: HookedTransformer, clusters: Mapping[int, Sequence[int] | torch.Tensor],
-                     how: str = "mean", idx: torch.Tensor | None = None) -> dict[int, float]:
-    """Loss on idx (default: all inputs) with each cluster of neurons ablated in turn: {cluster key: loss}."""
-    _, labels = make_dataset(model.cfg.d_vocab_out)
-    return {key: logit_loss(ablate_neurons(model, neurons, how), labels, idx) for key, neurons in clusters.items()}

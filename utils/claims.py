@@ -62,7 +62,7 @@ def frequency_ablation(model: HookedTransformer, train_idx: torch.Tensor) -> pd.
     top = [int(i) + 1 for i in shares.argsort(descending=True)[:len(keys) + 3]]
     top += [k for k in keys if k not in top]
     _, labels = make_dataset(model.cfg.d_vocab_out)
-    logits = ablation.model_logits(model).double()
+    logits = mechanism.model_logits(model).double()
     rows = [{"frequency": k, "key": k in keys, "embedding share": shares[k - 1].item(),
              "logits without it": ablation.logit_loss(ablation.remove_frequencies(logits, [k]), labels, train_idx),
              "embedding without it": ablation.logit_loss(ablation.remove_embedding_frequencies(model, [k]).double(),
@@ -83,7 +83,7 @@ def periodicity(model: HookedTransformer, train_idx: torch.Tensor) -> Claims:
     big = sorted(k for k, n in clusters.items() if len(n) >= BIG_CLUSTER * model.cfg.d_mlp)
     table = frequency_ablation(model, train_idx)
     _, labels = make_dataset(model.cfg.d_vocab_out)
-    base = ablation.logit_loss(ablation.model_logits(model).double(), labels, train_idx)
+    base = ablation.logit_loss(mechanism.model_logits(model).double(), labels, train_idx)
     key, other = table[table.key], table[~table.key]
     cols = ("logits without it", "embedding without it")
     separation = {c: _ratio(key[c].min(), other[c].max() if len(other) else base) for c in cols}
@@ -147,7 +147,7 @@ def ablations(model: HookedTransformer, train_idx: torch.Tensor, test_idx: torch
     keys = key_frequencies(model)
     p = model.cfg.d_vocab_out
     _, labels = make_dataset(p)
-    logits = ablation.model_logits(model).double()
+    logits = mechanism.model_logits(model).double()
     loss = ablation.logit_loss(logits, labels, test_idx)
     removed = ablation.remove_frequencies(logits, keys)
     removed_acc = ablation.logit_accuracy(removed, labels, test_idx)

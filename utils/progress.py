@@ -24,14 +24,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils.ablation import frequency_component, keep_frequencies, model_logits, remove_frequencies, sum_directions
+from utils.ablation import frequency_component, keep_frequencies, remove_frequencies, sum_directions
 from utils.data import make_dataset
 from utils.fourier import fourier_basis
+from utils.mechanism import model_logits
 from utils.metrics import accuracy, cross_entropy
 from utils.model import HookedTransformer
 
 __all__ = ["restricted_loss", "excluded_loss", "per_frequency_excluded_loss", "restricted_and_excluded", "gini",
-           "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "fourier_gini", "stack_models",
+           "sum_squared_weights", "embedding_norms", "weight_frequency_norms", "stack_models",
            "stack_checkpoints", "batched_logits", "progress_measures", "Phases", "phase_boundaries",
            "phases_from_measures", "PHASE_NAMES"]
 
@@ -148,12 +149,6 @@ def weight_frequency_norms(params: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     W_L = einops.einsum(params["blocks.0.mlp.W_out"].double(), W_U, "n m d, n d c -> n m c")  # [n, d_mlp, p]
     unembed = _per_frequency(einops.einsum(basis, W_L, "f c, n m c -> n f m").pow(2).sum(-1))
     return embedding_norms(params["embed.W_E"]), unembed
-
-
-def fourier_gini(model: HookedTransformer) -> dict[str, float]:
-    """Gini of the per-frequency Fourier norms of W_E and of W_L: {"W_E": …, "W_L": …}."""
-    embed, unembed = weight_frequency_norms(stack_models([model]))
-    return {"W_E": gini(embed[0]).item(), "W_L": gini(unembed[0]).item()}
 
 
 # --- every checkpoint at once ------------------------------------------------------------------------------------

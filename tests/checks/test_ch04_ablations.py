@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils import ablation, checks
+from utils import ablation, checks, mechanism
 from utils.data import make_dataset
 
 
@@ -102,18 +102,18 @@ def test_ablate_neurons_check_accepts_the_reference():
 
 def mean_over_positions(model, neurons, how):
     tokens, _ = make_dataset(model.cfg.d_vocab_out)
-    _, cache = model.run_with_cache(tokens, names_filter=ablation.NEURON_HOOK)
-    mean = cache[ablation.NEURON_HOOK][..., neurons].mean((0, 1))
+    _, cache = model.run_with_cache(tokens, names_filter=mechanism.NEURON_HOOK)
+    mean = cache[mechanism.NEURON_HOOK][..., neurons].mean((0, 1))
 
     def hook(acts, hook):
         acts[:, -1, neurons] = 0 if how == "zero" else mean
         return acts
 
-    return model.run_with_hooks(tokens, fwd_hooks=[(ablation.NEURON_HOOK, hook)])[:, -1]
+    return model.run_with_hooks(tokens, fwd_hooks=[(mechanism.NEURON_HOOK, hook)])[:, -1]
 
 
 def leaves_hook(model, neurons, how):
-    model.add_hook(ablation.NEURON_HOOK, lambda acts, hook: acts * 0)
+    model.add_hook(mechanism.NEURON_HOOK, lambda acts, hook: acts * 0)
     tokens, _ = make_dataset(model.cfg.d_vocab_out)
     return model(tokens)[:, -1]
 

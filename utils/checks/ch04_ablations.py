@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from utils import ablation as _ablation
+from utils.mechanism import NEURON_HOOK as _NEURON_HOOK, model_logits as _mechanism_model_logits
+from utils.mechanism import neuron_activations as _neuron_activations
 from utils.checks.compare import Mistakes, expect_tensor
 from utils.checks.harness import call, call_given, fail, guarded, passed
 from utils.checks.inputs import ch4_logit_cases, grid_ab, random_model, raw_waves
@@ -207,17 +209,17 @@ def check_ablate_neurons(fn: Callable) -> None:
     __tracebackhide__ = True
     name, model = "ablate_neurons", random_model(11, 4, d_mlp=64, d_model=32, n_heads=4)
     tokens, _ = make_dataset(model.cfg.d_vocab_out)
-    clean, acts = _ablation.model_logits(model), _ablation.neuron_activations(model)  # acts: [p, p, d_mlp]
+    clean, acts = _mechanism_model_logits(model), _neuron_activations(model)  # acts: [p, p, d_mlp]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=_ablation.NEURON_HOOK)
-    all_positions = cache[_ablation.NEURON_HOOK]  # [p², 3, d_mlp]
+        _, cache = model.run_with_cache(tokens, names_filter=_NEURON_HOOK)
+    all_positions = cache[_NEURON_HOOK]  # [p², 3, d_mlp]
     for neurons, how in [([0, 3, 7], "mean"), ([0, 3, 7], "zero"), ([12], "mean"), (list(range(64)), "mean"),
                          (list(range(64)), "zero")]:
         on = f"a small random model (p = 11, 64 neurons), neurons {neurons if len(neurons) < 5 else 'all 64'}, how = {how!r}"
         want = _ablation.ablate_neurons(model, neurons, how)
         got, (given, *_) = call_given(name, fn, model, torch.tensor(neurons), how, on=on,
                                       names=["model", "neurons", "how"])
-        if not torch.allclose(_ablation.model_logits(given), clean):
+        if not torch.allclose(_mechanism_model_logits(given), clean):
             fail(name, "left a hook on the model: running it afterwards no longer gives its own logits.", on,
                  "use model.run_with_hooks(tokens, fwd_hooks=[(name, hook)]), which removes the hook when it returns.")
         if isinstance(got, torch.Tensor) and got.ndim == 3 and got.shape[1] == 3:
