@@ -55,20 +55,21 @@ def measure(p: int, seed: int, out: Path) -> dict:
     return {"p": p, "seed": seed, "memorised_at": memorised, "grokked_at": grokked,
             "plateau_ratio": round(grokked / memorised, 1) if grokked and memorised else None,
             "cleanup_end": cleanup_end, "stopped_at": run.final_step, "stop_reason": run.stop_reason,
-            "final_test_acc": float(m.test_acc.iloc[-1]), "wall_s": round(wall, 1),
+            "final_test_acc": float(m.test_acc.iloc[-1]),
+            "wall_s": round(wall, 1),  # this process only (for a resumed run, its last part)
             "training_s": round(float(m.elapsed_s.iloc[-1]), 1), "outcome": outcome(m)}
 
 
 def table(rows: list[dict]) -> str:
     """The results as a Markdown table."""
     lines = ["| p | seed | memorised (train ≥ 99%) | grokked (test ≥ 99.9%) | plateau ratio | cleanup ends | "
-             "stopped at (why) | wall s | outcome |", "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             "stopped at (why) | training s | outcome |", "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['p']} | {r['seed']} | error | | | | | {r['wall_s']:.0f} | |")
             continue
         lines.append(f"| {r['p']} | {r['seed']} | {r['memorised_at']} | {r['grokked_at']} | {r['plateau_ratio']}× | "
-                     f"{r['cleanup_end']} | {r['stopped_at']:,} ({r['stop_reason']}) | {r['wall_s']:.0f} | "
+                     f"{r['cleanup_end']} | {r['stopped_at']:,} ({r['stop_reason']}) | {r['training_s']:.0f} | "
                      f"{r['outcome']} |")
     return "\n".join(lines)
 
@@ -82,21 +83,28 @@ def main() -> int:
         print(table(json.loads(RESULTS.read_text())["rows"]))
         return 0
     preset = TrainConfig.preset("workshop")
-    rows = []
+    rows: list[dict] = []
     started = time.perf_counter()
+
+    def write() -> int:
+        """Write the results so far (after every pair: a long sweep can be read, or stopped, midway)."""
+        grokked = sum(r.get("outcome") == "grokked" and r.get("final_test_acc", 0) >= GROKKED for r in rows)
+        result = {"preset": {k: v for k, v in preset.to_dict().items() if k not in ("p", "seed")},
+                  "machine": {**machine(), "cores": os.cpu_count(), "host": platform.node(),
+                              "note": "a shared 2-core machine, run under nice -n 10 while other jobs ran: wall "
+                                      "times are upper bounds"},
+                  "pairs_planned": len(PAIRS), "pairs": len(rows), "grokked": grokked,
+                  "total_s": round(time.perf_counter() - started), "rows": rows}
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        return grokked
+
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.keep or Path(tmp)
+        folder = args.keep or Path(tmp)  # with --keep, a rerun resumes unfinished runs and reloads finished ones
         for p, seed in PAIRS:
             rows.append(measure(p, seed, folder / f"p{p}-seed{seed}"))
             print(json.dumps(rows[-1]), flush=True)
-    grokked = sum(r.get("outcome") == "grokked" and r.get("final_test_acc", 0) >= GROKKED for r in rows)
-    result = {"preset": {k: v for k, v in preset.to_dict().items() if k not in ("p", "seed")},
-              "machine": {**machine(), "cores": os.cpu_count(), "host": platform.node(),
-                          "note": "a shared 2-core machine, run under nice -n 10 while others worked: wall times "
-                                  "are upper bounds"},
-              "pairs": len(rows), "grokked": grokked, "total_s": round(time.perf_counter() - started), "rows": rows}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+            grokked = write()
     print(table(rows))
     print(f"{grokked} of {len(rows)} pairs grokked")
     return 0 if grokked == len(rows) else 1
