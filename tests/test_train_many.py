@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import utils.train as T
-from utils.model import CheckpointError
 from utils.train import (TrainConfig, UnfinishedRunError, batches, get_run, get_runs, load_run, many_logits, fast_logits, train,
                          train_many, trainable_params)
 from utils.data import make_dataset
