@@ -311,7 +311,7 @@ def test_a_second_writer_waits_for_the_first_and_never_rewrites_a_finished_run(t
     second = run_python(f"""
         import utils.train as T
         T.LOCK_NOTICE_S = 0.5
-        run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=False)
+        run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=True)
         print("final step", run.final_step)
     """)
     time.sleep(5)
@@ -439,10 +439,15 @@ def test_damaged_metrics_inside_state_are_a_checkpoint_error(finished, damage):
         load_run(finished)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GROKKING_COMPILE": "0"}
-    return subprocess.run([sys.executable, "-m", "utils.train", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run the command line in this process (argparse errors exit with 2, training errors return 1)."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -453,24 +458,26 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["--p", "91"], "p must be a prime"),
     (["--p", "1021"], "p must be a prime between 3 and 509"),
 ])
-def test_cli_refuses_bad_arguments_before_any_work(tmp_path, args, message):
-    done = cli("--p", "23", "--steps", "10", *args) if "--p" not in args else cli("--steps", "10", *args)
+def test_cli_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    base = ["--steps", "10"] + ([] if "--p" in args else ["--p", "23"])
+    done = cli(capsys, *base, *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    assert not (REPO_ROOT / "checkpoints").exists() and not (REPO_ROOT / "config.json").exists()
+    assert not any(tmp_path.iterdir())  # nothing written, not even in the current folder
 
 
-def test_cli_out_pointing_at_a_file_is_refused(tmp_path):
+def test_cli_out_pointing_at_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    done = cli("--p", "23", "--steps", "10", "--out", str(target))
+    done = cli(capsys, "--p", "23", "--steps", "10", "--out", str(target))
     assert done.returncode == 2 and "is a file, not a run directory" in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "keep me"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cli_device_cuda_without_cuda_is_a_clear_error(tmp_path):
-    done = cli("--p", "23", "--steps", "10", "--device", "cuda", "--out", str(tmp_path / "run"))
+def test_cli_device_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
+    done = cli(capsys, "--p", "23", "--steps", "10", "--device", "cuda", "--out", str(tmp_path / "run"))
     assert done.returncode == 2 and "CUDA is not available" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
 
@@ -509,8 +516,9 @@ def test_a_diverging_run_stops_with_an_error_and_is_not_cached_as_finished(tmp_p
     assert state["step"] == 0 and all(torch.isfinite(v).all() for v in state["params"].values())
 
 
-def test_cli_reports_divergence_without_a_traceback(tmp_path):
-    done = cli("--p", "23", "--steps", "30", "--d-mlp", "64", "--lr", "1e300", "--out", str(tmp_path / "run"))
+def test_cli_reports_divergence_without_a_traceback(tmp_path, capsys):
+    done = cli(capsys, "--no-compile", "--p", "23", "--steps", "30", "--d-mlp", "64", "--lr", "1e300",
+               "--out", str(tmp_path / "run"))
     assert done.returncode == 1 and "diverged" in done.stderr and "Traceback" not in done.stderr
 
 
