@@ -440,7 +440,7 @@ def _check_optimizer_state(saved: object, params: dict[str, torch.Tensor], step:
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
     ok = (isinstance(state, dict) and isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
           and groups[0].get("params") == list(range(len(params))))
-    if ok and (step == 0 or state):
+    if ok and state:
         for j, w in enumerate(params.values()):
             moments = state.get(j)
             ok = ok and isinstance(moments, dict) and all(
