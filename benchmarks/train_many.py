@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/train_many.py --device cuda   # the same on a GPU: results/train_many_cuda.json
     .venv/bin/python benchmarks/train_many.py --quick    # step times only, no full training
 
-The set is chapter 6's (solutions/06_beyond.ipynb: keep SEEDS, STEPS and CHAPTER6 in step with it): the workshop
-preset with a larger learning rate and weight decay, 4 seeds × 2 moduli, 1,000 steps for p = 113 and 1,500 for
-p = 97. Two measurements:
+The set is chapter 6's (utils.train.robustness_config, ROBUSTNESS_MODULI and ROBUSTNESS_SEEDS, which the chapter
+uses too): the workshop preset with a larger learning rate and weight decay, 4 seeds × 2 moduli; for timing, each
+run trains a fixed budget (stop rule off): 1,000 steps for p = 113 and 1,500 for p = 97. Two measurements:
 - ms per step: one training step of every run in the set, batched (`utils.train.train_many`: one step per
   modulus, each for 4 models at once) vs one step of each run as `utils.train.train` takes it (compiled fast path,
   fused AdamW), and the batched step with torch.compile (off by default in train_many).
@@ -29,19 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import default_device, fast_loop, interleaved_ms, machine  # noqa: E402
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
-from utils.train import (TrainConfig, _BatchedAdamW, _Compiled, _many_train_loss, _model_cfg,  # noqa: E402
-                         batches, train, train_many, trainable_params)
+from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, _BatchedAdamW, _Compiled,  # noqa: E402
+                         _many_train_loss, _model_cfg, batches, robustness_config, train, train_many,
+                         trainable_params)
 
 RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
-SEEDS, STEPS = (0, 1, 2, 3), {97: 1500, 113: 1000}  # chapter 6's robustness set: modulus → steps
-MODULI = tuple(STEPS)
-CHAPTER6 = dict(lr=3e-3, weight_decay=3.0, checkpoint_every=100, eval_every=20)
+SEEDS, MODULI = ROBUSTNESS_SEEDS, ROBUSTNESS_MODULI  # chapter 6's robustness set
+STEPS = {97: 1500, 113: 1000}  # the fixed budget each run trains here, for timing: modulus → steps
 
 
 def robustness_set(steps: int | None = None) -> list[TrainConfig]:
     """Chapter 6's robustness runs (4 seeds × 2 moduli); `steps` overrides the number of steps of every run."""
-    return [TrainConfig.preset("workshop", p=p, seed=seed, steps=steps or STEPS[p], **CHAPTER6)
-            for p in MODULI for seed in SEEDS]
+    return [robustness_config(p, seed, steps=steps or STEPS[p], stop_margin=0) for p in MODULI for seed in SEEDS]
 
 
 def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "cpu"):

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import utils.train as T
-from utils.model import CheckpointError
-from utils.train import (TrainConfig, batches, get_run, get_runs, load_run, many_logits, fast_logits, train,
+from utils.train import (TrainConfig, UnfinishedRunError, batches, get_run, get_runs, load_run, many_logits, fast_logits, train,
                          train_many, trainable_params)
 from utils.data import make_dataset
 
@@ -85,16 +84,28 @@ def test_batched_run_is_written_exactly_like_a_single_run(tmp_path):
     assert torch.equal(batched.model_at(20).W_E, load_run(batched.run_dir).model_at(20).W_E)
 
 
-def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path):
+def interrupt_after(step: int, monkeypatch):
+    """Make the trainer stop (KeyboardInterrupt) right after it saved state.pt at `step`."""
+    real_save = T._atomic_save
+
+    def save_then_stop(obj, path):
+        real_save(obj, path)
+        if path.name == "state.pt" and obj["step"] == step:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(T, "_atomic_save", save_then_stop)
+    return lambda: monkeypatch.setattr(T, "_atomic_save", real_save)
+
+
+def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path, monkeypatch):
     whole = train(tiny(), tmp_path / "whole", compile=False, progress=False)
     for resume, first in ((train, train_many), (train_many, train)):
         half = tmp_path / f"{first.__name__}-then-{resume.__name__}"
-        halfway = tiny(steps=20)  # a run stopped at step 20: its state.pt, with config.json rewritten
-        (train_many([halfway], [half], compile=False, progress=False) if first is train_many
-         else train(halfway, half, compile=False, progress=False))
-        (half / "config.json").write_text(json.dumps(tiny().to_dict()))
-        (half / "metrics.csv").unlink()
-        with pytest.raises(CheckpointError, match="unfinished run"):
+        restore = interrupt_after(20, monkeypatch)  # a run stopped at step 20
+        with pytest.raises(KeyboardInterrupt):
+            (train_many([tiny()], [half], compile=False, progress=False) if first is train_many
+             else train(tiny(), half, compile=False, progress=False))
+        restore()
+        with pytest.raises(UnfinishedRunError, match="unfinished run"):
             load_run(half)
         resumed = (resume(tiny(), half, compile=False, progress=False) if resume is train
                    else resume([tiny()], [half], compile=False, progress=False)[0])
