@@ -11,7 +11,7 @@ import torch
 
 from utils.data import make_dataset, train_test_split
 from utils.model import make_model
-from utils.train import TrainConfig, _Compiled, _model_cfg, _train_loss, trainable_params
+from utils.train import TrainConfig, Compiled, model_cfg, train_loss, trainable_params
 
 
 def default_device() -> str:
@@ -21,12 +21,12 @@ def default_device() -> str:
 def fast_loop(cfg: TrainConfig, compile: bool, device: str = "cpu") -> Callable[[], None]:
     """One training step as `utils.train.train` takes it: lookup tables, last position only, fused AdamW,
     optionally torch.compile."""
-    params = trainable_params(make_model(_model_cfg(cfg, device)))
+    params = trainable_params(make_model(model_cfg(cfg, device)))
     tokens, labels = (t.to(device) for t in make_dataset(cfg.p, cfg.op))
     idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0].to(device)
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
-    loss = _Compiled(_train_loss, compile)
+    loss = Compiled(train_loss, compile)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import default_device, fast_loop, interleaved_ms, machine  # noqa: E402
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
-from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, _BatchedAdamW, _Compiled,  # noqa: E402
-                         _many_train_loss, _model_cfg, batches, robustness_config, train, train_many,
+from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, BatchedAdamW, Compiled,  # noqa: E402
+                         _manytrain_loss, model_cfg, batches, robustness_config, train, train_many,
                          trainable_params)
 
 RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
@@ -45,7 +45,7 @@ def robustness_set(steps: int | None = None) -> list[TrainConfig]:
 
 def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "cpu"):
     """One step of compatible configs as `train_many` takes it: stacked weights, batched AdamW."""
-    models = [trainable_params(make_model(_model_cfg(c, device))) for c in cfgs]
+    models = [trainable_params(make_model(model_cfg(c, device))) for c in cfgs]
     params = {k: torch.stack([m[k].detach() for m in models]).requires_grad_(True) for k in models[0]}
     tokens, labels = (t.to(device) for t in make_dataset(cfgs[0].p, cfgs[0].op))
     splits = [train_test_split(c.p, c.frac_train, c.seed)[0].to(device) for c in cfgs]
@@ -53,8 +53,8 @@ def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "
     idx = torch.stack([torch.cat([s, s.new_zeros(n - len(s))]) for s in splits])
     weights = torch.stack([(torch.arange(n, device=device) < len(s)).double() for s in splits])
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
-    opt = _BatchedAdamW(params, cfgs)
-    loss = _Compiled(_many_train_loss, compile)
+    opt = BatchedAdamW(params, cfgs)
+    loss = Compiled(_manytrain_loss, compile)
 
     def step() -> None:
         for w in params.values():

@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import fast_loop, interleaved_ms, machine  # noqa: E402
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
-from utils.train import TrainConfig, _model_cfg, loss_fn, train  # noqa: E402
+from utils.train import TrainConfig, model_cfg, loss_fn, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 
 
 def plain_loop(cfg: TrainConfig):
     """The obvious loop: HookedTransformer forward on (a, b, =), loss at the last position, torch AdamW."""
-    model = make_model(_model_cfg(cfg))
+    model = make_model(model_cfg(cfg))
     tokens, labels = make_dataset(cfg.p)
     idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0]
     x, y = tokens[idx], labels[idx]

@@ -35,7 +35,7 @@ def assert_same_run(batched, alone):
 # --- the batched maths is the single-run maths ---------------------------------------------------------
 def test_many_logits_equal_fast_logits_for_each_stacked_model():
     cfgs = [tiny(p=23, seed=s) for s in range(3)]
-    singles = [trainable_params(T.make_model(T._model_cfg(c))) for c in cfgs]
+    singles = [trainable_params(T.make_model(T.model_cfg(c))) for c in cfgs]
     with torch.no_grad():  # sharpen the random weights so attention is far from uniform
         for params in singles:
             for w in params.values():
@@ -239,7 +239,7 @@ def test_batched_adamw_is_torch_adamw_with_per_model_hyperparameters():
     g = torch.Generator().manual_seed(0)
     start = {"w": torch.randn(3, 5, 4, generator=g), "v": torch.randn(3, 7, generator=g)}
     stacked = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    batched = T._BatchedAdamW(stacked, cfgs)
+    batched = T.BatchedAdamW(stacked, cfgs)
     singles = [{k: v[i].clone().requires_grad_(True) for k, v in start.items()} for i in range(3)]
     torch_adamw = [torch.optim.AdamW(s.values(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
                    for s, c in zip(singles, cfgs)]

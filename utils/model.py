@@ -17,7 +17,7 @@ from utils.data import OPERATIONS, check_p
 
 __all__ = ["HookedTransformer", "HookedTransformerConfig", "model_config", "make_model", "bias_names",
            "load_original_checkpoint", "read_original_checkpoint", "export_original_checkpoint",
-           "OriginalCheckpoint", "ORIGINAL_MASK", "CheckpointError", "PATTERN_HOOK", "uniform_attention",
+           "OriginalCheckpoint", "ORIGINAL_MASK", "CheckpointError", "load_tensor_file", "PATTERN_HOOK", "uniform_attention",
            "attention_rate_hook", "set_attention_rate"]
 
 
@@ -132,7 +132,7 @@ def _original_shapes(p: int, d_model: int, n_heads: int, d_head: int, d_mlp: int
     }
 
 
-def _load_tensor_file(path: Path) -> object:
+def load_tensor_file(path: Path) -> object:
     """torch.load with weights_only=True, turning every failure into a CheckpointError naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file. Check the path (it should point at a .pt/.pth file).")
@@ -242,7 +242,7 @@ def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
     Their attention has no biases and their MLP biases were trained: those are kept; the other biases are 0.
     """
     path = Path(path)
-    blob = _load_tensor_file(path)
+    blob = load_tensor_file(path)
     if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob["model"], dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (the paper's format); "
                               f"got {type(blob).__name__} with keys {sorted(blob)[:8] if isinstance(blob, dict) else '—'}.")

@@ -37,8 +37,9 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from utils import REPO_ROOT
+from utils.metrics import loss_fn  # the one loss (re-exported: utils.train.loss_fn)
 from utils.data import OPERATIONS, make_dataset, train_test_split
-from utils.model import CheckpointError, HookedTransformer, _load_tensor_file, make_model, model_config
+from utils.model import CheckpointError, HookedTransformer, load_tensor_file, make_model, model_config
 
 METRICS = ["step", "train_loss", "test_loss", "train_acc", "test_acc", "elapsed_s"]  # elapsed_s: training wall time
 PRESETS = {
@@ -240,17 +241,6 @@ def fast_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tenso
     return resid @ params["unembed.W_U"]  # [n, p]
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in float64: losses fall to ~1e-7, below what float32 log-softmax resolves.
-
-    logits: [n, p] (the last position) or [n, pos, p] (the last position is taken).
-    """
-    if logits.ndim == 3:
-        logits = logits[:, -1]
-    log_probs = logits.to(torch.float64).log_softmax(dim=-1)
-    return -log_probs.gather(-1, labels[:, None]).mean()
-
-
 class _FlushSubnormalGrad(torch.autograd.Function):
     """Identity; its backward zeroes gradients smaller than float32's smallest normal number (1.2e-38).
 
@@ -268,11 +258,11 @@ class _FlushSubnormalGrad(torch.autograd.Function):
         return grad.masked_fill(grad.abs() < torch.finfo(grad.dtype).tiny, 0.0)
 
 
-def _train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss_fn(_FlushSubnormalGrad.apply(fast_logits(params, a, b)), labels)
 
 
-class _Compiled:
+class Compiled:
     """torch.compile(fn), falling back to plain fn (same maths, slower, rounded differently) if compiling fails.
 
     Whether a run was compiled is not part of its cache key: both compute the same function, but rounding differs
@@ -402,7 +392,7 @@ def _checkpoint_path(run_dir: Path, step: int) -> Path:
 def _read_checkpoint(path: Path, run_dir: Path) -> dict:
     """Load a tensor-only file, or raise a CheckpointError telling the user to delete the run directory."""
     try:
-        return _load_tensor_file(path)
+        return load_tensor_file(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err} To retrain this run, delete the run directory {run_dir}.") from None
 
@@ -502,12 +492,12 @@ def _model_from_file(cfg: TrainConfig, path: Path, run_dir: Path, step: int) -> 
     _check_key(saved, cfg, path, run_dir)
     if saved.get("step") != step:
         raise _corrupt(path, run_dir, f"holds step {saved.get('step')!r}, not {step}")
-    model = make_model(_model_cfg(cfg))
+    model = make_model(model_cfg(cfg))
     _params_for(model, saved.get("params"), path, run_dir)
     return model
 
 
-def _model_cfg(cfg: TrainConfig, device: str = "cpu"):
+def model_cfg(cfg: TrainConfig, device: str = "cpu"):
     return model_config(p=cfg.p, d_model=cfg.d_model, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp, seed=cfg.seed, device=device)
 
 
@@ -579,7 +569,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise UnfinishedRunError(run_dir, 0 if state is None else state["step"], cfg.steps)
     metrics = pd.DataFrame(state["metrics"]).astype({"step": int})
     steps = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt"))
-    model = make_model(_model_cfg(cfg))
+    model = make_model(model_cfg(cfg))
     _params_for(model, state["params"], run_dir / "state.pt", run_dir)
     return Run(config=cfg, run_dir=run_dir, metrics=metrics, checkpoint_steps=steps, model=model,
                stop_reason=state["stopped"])
@@ -745,7 +735,7 @@ def train(cfg: TrainConfig | None = None, run_dir: str | Path | None = None, *, 
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, device: str, compile: bool, progress: bool) -> None:
     """train's body: run_dir is prepared and locked."""
-    model = make_model(_model_cfg(cfg, device))
+    model = make_model(model_cfg(cfg, device))
     params = trainable_params(model)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=True)
@@ -763,7 +753,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, device: str, compile: bool, p
     train_idx, test_idx = (t.to(device) for t in train_test_split(cfg.p, cfg.frac_train, cfg.seed))
     a, b = tokens[:, 0], tokens[:, 1]
     a_tr, b_tr, y_tr = a[train_idx], b[train_idx], labels[train_idx]
-    step_loss, eval_logits = _Compiled(_train_loss, compile), _Compiled(fast_logits, compile)
+    step_loss, eval_logits = Compiled(train_loss, compile), Compiled(fast_logits, compile)
     label = cfg.run_name()
 
     clock = time.perf_counter() - (history["elapsed_s"][-1] if history["elapsed_s"] else 0.0)
@@ -900,7 +890,7 @@ def many_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tenso
     return resid @ params["unembed.W_U"]  # [M, n, p]
 
 
-def _many_train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+def _manytrain_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                      weights: torch.Tensor) -> torch.Tensor:
     """The sum over models of each model's mean float64 cross-entropy; padding rows have weight 0. [M, n] inputs."""
     log_probs = _FlushSubnormalGrad.apply(many_logits(params, a, b)).to(torch.float64).log_softmax(-1)
@@ -908,7 +898,7 @@ def _many_train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.
     return ((nll * weights).sum(-1) / weights.sum(-1)).sum()
 
 
-class _BatchedAdamW:
+class BatchedAdamW:
     """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments) for stacked weights [M, ...],
     with a learning rate, weight decay and betas per model. Saves and loads each model's state in torch's format."""
 
@@ -1083,14 +1073,14 @@ def _train_batch(cfgs: list[TrainConfig], dirs: list[Path], device: str, compile
     are prepared and locked. Returns a message for each run that diverged (it is left unfinished)."""
     c0 = cfgs[0]
     cfgs, dirs = list(cfgs), list(dirs)
-    models = [make_model(_model_cfg(cfg, device)) for cfg in cfgs]
+    models = [make_model(model_cfg(cfg, device)) for cfg in cfgs]
     names = list(trainable_params(models[0]))
     states = [_read_state(d, c) for d, c in zip(dirs, cfgs)]
     for model, state, run_dir in zip(models, states, dirs):
         if state is not None:
             _params_for(model, state["params"], run_dir / "state.pt", run_dir)
     params = {k: torch.stack([trainable_params(m)[k].detach() for m in models]).requires_grad_(True) for k in names}
-    optimizer = _BatchedAdamW(params, cfgs)
+    optimizer = BatchedAdamW(params, cfgs)
     histories, offsets, compiled_before, start = [], [], [], 0
     for i, (state, run_dir) in enumerate(zip(states, dirs)):
         if state is None:
@@ -1112,7 +1102,7 @@ def _train_batch(cfgs: list[TrainConfig], dirs: list[Path], device: str, compile
     weights = torch.stack([(torch.arange(n, device=device) < len(tr)).double() for tr, _ in splits])  # [M, n]
     a_tr, b_tr, y_tr = tokens[idx, 0], tokens[idx, 1], labels.gather(1, idx)
     a_all, b_all = tokens[:, 0], tokens[:, 1]  # every pair, for the metrics
-    step_loss = _Compiled(_many_train_loss, compile)
+    step_loss = Compiled(_manytrain_loss, compile)
     clock = time.perf_counter()
     diverged: list[str] = []
 
