@@ -399,7 +399,7 @@ def test_empty_state_or_checkpoint_is_a_checkpoint_error(finished):
 
 
 def test_load_run_on_a_file_is_a_clear_error(finished):
-    with pytest.raises(CheckpointError, match="is a file, not a run directory"):
+    with pytest.raises(ValueError, match="is a file, not a run directory"):
         load_run(finished / "metrics.csv")
 
 
