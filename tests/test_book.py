@@ -3,6 +3,8 @@
 Select with `pytest -m book`, leave out with `-m "not book"`. The browser test needs Debian's chromium
 (`apt-get install -y chromium`) and the `playwright` package; without them it is skipped, unless
 REQUIRE_BROWSER=1. Full-page screenshots go to artifacts/screenshots/, the build log to artifacts/.
+The book is built from scratch in a temporary folder; BOOK_OUTPUT=DIR builds into DIR instead, and a
+second run there is incremental (only changed pages are read and executed again): quick to check CSS.
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def colab_url(notebook: str) -> str:
 @pytest.fixture(scope="module")
 def book(tmp_path_factory) -> Build:
     """The book, built from scratch (every notebook executed) the way `make book` builds it."""
-    out = tmp_path_factory.mktemp("book")
+    out = Path(os.environ["BOOK_OUTPUT"]).resolve() if os.environ.get("BOOK_OUTPUT") else tmp_path_factory.mktemp("book")
     command = [str(Path(sys.executable).with_name("jupyter-book")), *BUILD_ARGS, "--path-output", str(out)]
     start = time.monotonic()
     done = subprocess.run(command, cwd=BOOK_ROOT, capture_output=True, text=True, timeout=3600)
