@@ -215,6 +215,10 @@ PAGE_FACTS = f"""async () => {{
     sideways: all('div.cell pre, div.cell div.highlight')
       .filter(el => el.scrollWidth > el.clientWidth + 1)
       .map(el => longestLine(el.textContent)),
+    // Display maths wider than its column after course.js has fitted it: cut off, or behind a scroll bar.
+    wideMaths: all('mjx-container[display="true"]')
+      .filter(m => m.scrollWidth > m.clientWidth + 1)
+      .map(m => (m.querySelector('mjx-assistive-mml')?.textContent || '').slice(0, 80)),
     hints: all('details.course-hint').map(d => ({{open: d.open, summary: d.querySelector('summary')?.textContent.trim()}})),
     markers: all('div.cell_input').filter(c => /^\\s*# (END )?(EXERCISE|SOLUTION)\\s*$/m.test(c.textContent)).length,
   }};
@@ -285,6 +289,8 @@ def test_page_renders_offline_in_chromium(docname, book, site, browser):
         problems.append(f"{facts['mathUnrendered']} formula(s) not typeset by MathJax")
     problems += [f"MyST/LaTeX left as text: {text!r}" for text in facts["rawMarkup"]]
     problems += [f"code or output scrolls sideways at {VIEWPORT['width']} px: {line!r}" for line in facts["sideways"]]
+    problems += [f"display equation wider than the text column (split it over lines): {text!r}"
+                 for text in facts["wideMaths"]]
     if facts["markers"]:
         problems.append(f"{facts['markers']} solution cell(s) show the authoring markers or the learner's stub")
     problems += [f"hint {hint['summary']!r} is unfolded when the page opens" for hint in facts["hints"] if hint["open"]]
