@@ -88,7 +88,7 @@ def book(tmp_path_factory) -> Build:
     out = Path(os.environ["BOOK_OUTPUT"]).resolve() if os.environ.get("BOOK_OUTPUT") else tmp_path_factory.mktemp("book")
     command = [str(Path(sys.executable).with_name("jupyter-book")), *BUILD_ARGS, "--path-output", str(out)]
     start = time.monotonic()
-    done = subprocess.run(command, cwd=BOOK_ROOT, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(command, cwd=BOOK_ROOT, capture_output=True, text=True, timeout=7200)
     build = Build(out / "_build" / "html", done.returncode, ANSI.sub("", done.stdout + done.stderr),
                   time.monotonic() - start)
     ARTIFACTS.mkdir(exist_ok=True)
