@@ -212,9 +212,9 @@ PAGE_FACTS = f"""async () => {{
     colabBadges: all('a[href^="https://colab.research.google.com/"]').filter(a => a.querySelector('img')).map(a => a.href),
     links: all('a[href]').map(a => a.href),
     rawMarkup: rawMarkup(),
-    sideways: all('div.cell pre, div.cell div.highlight')
+    sideways: all('div.cell pre, div.cell div.highlight, div.cell_output > .output')
       .filter(el => el.scrollWidth > el.clientWidth + 1)
-      .map(el => longestLine(el.textContent)),
+      .map(el => `${{el.scrollWidth}} px wide in ${{el.clientWidth}} px: ${{longestLine(el.innerText.trim())}}`),
     // Display maths wider than its column after course.js has fitted it: cut off, or behind a scroll bar.
     wideMaths: all('mjx-container[display="true"]')
       .filter(m => m.scrollWidth > m.clientWidth + 1)
