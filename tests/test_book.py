@@ -3,6 +3,8 @@
 Select with `pytest -m book`, leave out with `-m "not book"`. The browser test needs Debian's chromium
 (`apt-get install -y chromium`) and the `playwright` package; without them it is skipped, unless
 REQUIRE_BROWSER=1. Full-page screenshots go to artifacts/screenshots/, the build log to artifacts/.
+The book is built from scratch in a temporary folder; BOOK_OUTPUT=DIR builds into DIR instead, and a
+second run there is incremental (only changed pages are read and executed again): quick to check CSS.
 """
 from __future__ import annotations
 
@@ -83,10 +85,10 @@ def colab_url(notebook: str) -> str:
 @pytest.fixture(scope="module")
 def book(tmp_path_factory) -> Build:
     """The book, built from scratch (every notebook executed) the way `make book` builds it."""
-    out = tmp_path_factory.mktemp("book")
+    out = Path(os.environ["BOOK_OUTPUT"]).resolve() if os.environ.get("BOOK_OUTPUT") else tmp_path_factory.mktemp("book")
     command = [str(Path(sys.executable).with_name("jupyter-book")), *BUILD_ARGS, "--path-output", str(out)]
     start = time.monotonic()
-    done = subprocess.run(command, cwd=BOOK_ROOT, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(command, cwd=BOOK_ROOT, capture_output=True, text=True, timeout=7200)
     build = Build(out / "_build" / "html", done.returncode, ANSI.sub("", done.stdout + done.stderr),
                   time.monotonic() - start)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -210,9 +212,13 @@ PAGE_FACTS = f"""async () => {{
     colabBadges: all('a[href^="https://colab.research.google.com/"]').filter(a => a.querySelector('img')).map(a => a.href),
     links: all('a[href]').map(a => a.href),
     rawMarkup: rawMarkup(),
-    sideways: all('div.cell pre, div.cell div.highlight')
+    sideways: all('div.cell pre, div.cell div.highlight, div.cell_output > .output')
       .filter(el => el.scrollWidth > el.clientWidth + 1)
-      .map(el => longestLine(el.textContent)),
+      .map(el => `${{el.scrollWidth}} px wide in ${{el.clientWidth}} px: ${{longestLine(el.innerText.trim())}}`),
+    // Display maths wider than its column after course.js has fitted it: cut off, or behind a scroll bar.
+    wideMaths: all('mjx-container[display="true"]')
+      .filter(m => m.scrollWidth > m.clientWidth + 1)
+      .map(m => (m.querySelector('mjx-assistive-mml')?.textContent || '').slice(0, 80)),
     hints: all('details.course-hint').map(d => ({{open: d.open, summary: d.querySelector('summary')?.textContent.trim()}})),
     markers: all('div.cell_input').filter(c => /^\\s*# (END )?(EXERCISE|SOLUTION)\\s*$/m.test(c.textContent)).length,
   }};
@@ -283,6 +289,8 @@ def test_page_renders_offline_in_chromium(docname, book, site, browser):
         problems.append(f"{facts['mathUnrendered']} formula(s) not typeset by MathJax")
     problems += [f"MyST/LaTeX left as text: {text!r}" for text in facts["rawMarkup"]]
     problems += [f"code or output scrolls sideways at {VIEWPORT['width']} px: {line!r}" for line in facts["sideways"]]
+    problems += [f"display equation wider than the text column (split it over lines): {text!r}"
+                 for text in facts["wideMaths"]]
     if facts["markers"]:
         problems.append(f"{facts['markers']} solution cell(s) show the authoring markers or the learner's stub")
     problems += [f"hint {hint['summary']!r} is unfolded when the page opens" for hint in facts["hints"] if hint["open"]]

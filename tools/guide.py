@@ -117,5 +117,7 @@ def pitfall_markdown(message: str) -> str:
 
 
 def _escape(text: str) -> str:
-    """Text shown literally in Markdown: no stray emphasis, roles or math."""
-    return re.sub(r"([\\`*_{}\[\]<>$|])", r"\\\1", text)
+    """Text shown literally in Markdown: no stray emphasis, roles or math; `code` in a message stays code."""
+    parts = re.split(r"(`[^`]+`)", text)  # odd entries: the message's own code spans, already literal
+    return "".join(part if i % 2 else re.sub(r"([\\`*_{}\[\]<>$|])", r"\\\1", part)
+                   for i, part in enumerate(parts))

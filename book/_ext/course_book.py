@@ -7,8 +7,9 @@
   an ipywidgets bar would leave an empty box and widget state on a page that cannot draw it.
 - The JavaScript bundles named by `utils.plotting.book_assets()` are copied from the installed packages
   into `_static/course/` once per build and loaded only by pages whose HTML uses them.
-- book/_static/ (the course's CSS, the Colab badge, the course diagram) is a static folder of every page;
-  course.css wraps printed output and styles the folded exercise hints.
+- book/_static/ (the course's CSS and script, the Colab badge, the course diagram) is a static folder of
+  every page; course.css wraps code and printed output and styles the folded exercise hints, course.js
+  sets a display equation wider than the text column just small enough to fit.
 - Each chapter notebook is rewritten as Sphinx reads it (the files on disk stay as they are): a solution cell
   shows the solution only, without the learner's commented stub and the `# EXERCISE`/`# SOLUTION` markers
   (`tools.notebooks.solution_source`); the Colab badge's image, an external URL that Colab and GitHub show,
@@ -104,6 +105,28 @@ def _rewrite_notebook(app: Sphinx, docname: str, source: list[str]) -> None:
     source[0] = json.dumps(notebook, ensure_ascii=False)
 
 
+def _keep_math_with_punctuation(app: Sphinx, doctree, docname: str) -> None:
+    """Inline maths and the characters right after it (`$x$:`, `$p$-row`) in one unbreakable span, so a
+    line never starts with the punctuation that closes a formula."""
+    from docutils import nodes
+
+    for math in list(doctree.findall(nodes.math)):
+        parent, after = math.parent, math.next_node(descend=False, siblings=True)
+        if parent is None or not isinstance(after, nodes.Text):
+            continue
+        glued = re.match(r"[^\s]+", after.astext())
+        if glued is None:
+            continue
+        span = nodes.inline(classes=["course-nowrap"])
+        parent.replace(math, span)
+        span += [math, nodes.Text(glued[0])]
+        rest = after.astext()[glued.end():]
+        if rest:
+            parent.replace(after, nodes.Text(rest))
+        else:
+            parent.remove(after)
+
+
 def _add_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
     """Load each bundle in the <head> of the pages whose body uses it (before the figures' own scripts)."""
     body = context.get("body", "")
@@ -145,6 +168,8 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _add_static_path)
     app.connect("source-read", _rewrite_notebook)
     app.add_css_file("course.css")
+    app.add_js_file("course.js")
+    app.connect("doctree-resolved", _keep_math_with_punctuation)
     app.connect("html-page-context", _add_page_scripts)
     app.connect("build-finished", _copy_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
