@@ -8,8 +8,9 @@ setup cell installs from PyPI, so the heavy tests run only under `make colab-che
 The runtime is a hard-linked copy of the cached environment, so the setup cell's install really happens on
 every run. Each notebook runs top to bottom in a fresh kernel of that runtime, started in an empty folder,
 with a fake `google.colab` importable and git told to clone this working tree instead of the configured URL
-(as in tests/test_colab_setup.py). The trained runs are a copy of $GROKKING_RUNS_DIR (or runs/): runs saved by
-the course's torch must load with the older one.
+(as in tests/test_colab_setup.py). The trained runs are copies of those in $GROKKING_RUNS_DIR (or runs/), so
+runs saved by the course's torch must load with the older one; a run missing there is trained on the
+Colab-like stack (slow on two cores) and kept in its own cache for the next run (tools/colab_stack.py).
 """
 from __future__ import annotations
 
@@ -60,10 +61,7 @@ class ColabRuntime:
         self.content = folder / "content"  # Colab's working folder; the setup cell clones into it
         self.content.mkdir()
         remote = make_remote(folder, repository.branch)
-        runs = folder / "runs"
-        source = Path(os.environ.get("GROKKING_RUNS_DIR") or ROOT / "runs")
-        if source.is_dir():
-            shutil.copytree(source, runs, ignore=shutil.ignore_patterns("*.lock"))
+        runs = colab_runs()
         keep = ("PATH", "HOME", "LANG", "TMPDIR", "GROKKING_COMPILE")
         self.env = {name: os.environ[name] for name in os.environ if name in keep or name.startswith("PIP_")}
         self.env.update({
@@ -103,6 +101,17 @@ class ColabRuntime:
             assert report["versions"][name] == colab_stack.PINS[name], (
                 f"{name} {report['versions'][name]} replaced Colab's {colab_stack.PINS[name]}: the setup cell's "
                 f"install must not upgrade what Colab pins")
+
+
+def colab_runs() -> Path:
+    """The runs the notebooks use: those in $GROKKING_RUNS_DIR (or runs/), trained by the course's torch,
+    copied over those the Colab-like stack trained itself on an earlier run (kept, so reruns are fast)."""
+    runs = colab_stack.cache_root() / f"colab-runs-{colab_stack.stack_key()}"
+    source = Path(os.environ.get("GROKKING_RUNS_DIR") or ROOT / "runs")
+    if source.is_dir():
+        shutil.copytree(source, runs, ignore=shutil.ignore_patterns("*.lock"), dirs_exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    return runs
 
 
 def setup_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
