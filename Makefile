@@ -25,7 +25,7 @@ test: $(STAMP)  ## run every test: unit tests, notebook tooling, the notebooks (
 	$(PY) -m tools.notebooks check
 	$(PY) -m pytest
 
-colab-check: $(STAMP)  ## run the setup cell and every solutions notebook on a Colab-like stack (Python 3.12, torch 2.6; ~3 GB download once, cached in ~/.cache/grokking-course)
+colab-check: $(STAMP)  ## run the setup cell and every solutions notebook on a Colab-like stack (Python 3.12, torch 2.6; 3 GB once)
 	$(PY) -m utils.train --preset workshop  # trained by the course's torch; the old one must load it
 	COLAB_CHECK=1 $(PY) -m pytest tests/test_colab_stack.py -v -s
 

@@ -84,7 +84,11 @@ class ColabRuntime:
         manager = KernelManager(kernel_name="colab-like", kernel_spec_manager=self.kernels)
         client = NotebookClient(nb, km=manager, timeout=CELL_TIMEOUT, startup_timeout=120,
                                 resources={"metadata": {"path": str(self.content)}})
-        client.execute(env=self.env)
+        try:
+            client.execute(env=self.env)
+        finally:  # nbclient leaves running a kernel whose manager it was given
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
         for output in nb.cells[-1].outputs:
             for line in output.get("text", "").splitlines():
                 if line.startswith(REPORT_MARK):
