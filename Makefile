@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 BOOK_BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-.PHONY: book test notebooks check-notebooks train benchmark record offline clean help
+.PHONY: book test colab-check notebooks check-notebooks train benchmark record offline clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -24,6 +24,10 @@ book: $(STAMP)  ## build the course: install, train the default run (cached in r
 test: $(STAMP)  ## run every test: unit tests, notebook tooling, the notebooks (nbval), the book in a browser
 	$(PY) -m tools.notebooks check
 	$(PY) -m pytest
+
+colab-check: $(STAMP)  ## run the setup cell and every solutions notebook on a Colab-like stack (Python 3.12, torch 2.6; 3 GB once)
+	$(PY) -m utils.train --preset workshop  # trained by the course's torch; the old one must load it
+	COLAB_CHECK=1 $(PY) -m pytest tests/test_colab_stack.py -v -s
 
 notebooks: $(STAMP)  ## regenerate chapters/ (exercise twins) and the generated cells from solutions/
 	$(PY) -m tools.notebooks generate
