@@ -3,7 +3,7 @@ tests/test_claims.py asserts them on runs the notebooks never use (other seeds a
 
 Each function returns `Claims`, a list of `Claim(statement, measured, holds)`: what the course says, what this
 model shows, and whether the statement holds. `print(claims)` lists them; `assert claims.hold(), claims.failures()`.
-Thresholds are the course's statements (with the paper's figures, COURSE.md §6, for comparison in the chapters);
+Thresholds are the course's statements (the chapters set the paper's figures beside them, citing its sections);
 they are the same for every run.
 """
 from __future__ import annotations

@@ -91,7 +91,7 @@ def set_attention_rate(model: HookedTransformer, alpha: float) -> HookedTransfor
     return model
 
 
-# --- the paper's original checkpoint format (see shared COURSE.md §6) --------------------------
+# --- the paper's original checkpoint format (the authors' saved runs: see utils.original) -------
 # The authors' code saves a dict: "model" (the state dict below), "config" (a dict of its settings) and loss
 # histories. Their attention has no biases and a causal-mask buffer; their MLP biases were trained.
 ORIGINAL_MASK = "blocks.0.attn.mask"  # the one buffer of their model: tril(ones(n_ctx, n_ctx))

@@ -43,12 +43,11 @@ from utils.model import CheckpointError, HookedTransformer, load_tensor_file, ma
 
 METRICS = ["step", "train_loss", "test_loss", "train_acc", "test_acc", "elapsed_s"]  # elapsed_s: training wall time
 PRESETS = {
-    # The paper's mainline run (COURSE.md §6): groks around 10k–25k steps depending on the seed. It trains all
-    # 40,000 steps, as the paper did (no early stop).
+    # The paper's mainline run (Nanda et al. 2023, §3). It trains all 40,000 steps, as the paper did (no early stop).
     "paper": dict(lr=1e-3, weight_decay=1.0, frac_train=0.3, steps=40_000, checkpoint_every=100),
-    # Groks on a 2-core CPU in minutes for any seed and any prime 59 ≤ p ≤ 127, after a plateau several times as
-    # long as memorisation, and stops itself once cleanup is over (see TrainConfig's stop rule); `steps` is only
-    # a cap. Measured on 16+ (p, seed) pairs: benchmarks/sweep_presets.py, README "Training".
+    # Meant to grok on a CPU in minutes for any seed and prime 59 ≤ p ≤ 127, after a plateau several times as long
+    # as memorisation, and to stop itself once cleanup is over (see TrainConfig's stop rule; `steps` is only a
+    # cap). benchmarks/sweep_presets.py measures that claim (results/sweep_presets.json, README "Training").
     "workshop": dict(lr=2e-3, weight_decay=2.0, frac_train=0.3, steps=10_000, checkpoint_every=25,
                      stop_margin=300, stop_test_acc=0.999, stop_loss_fall=2.0),
 }
