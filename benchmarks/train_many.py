@@ -30,7 +30,7 @@ from benchmarks.common import default_device, fast_loop, interleaved_ms, machine
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
 from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, BatchedAdamW, Compiled,  # noqa: E402
-                         _manytrain_loss, model_cfg, batches, robustness_config, train, train_many,
+                         many_train_loss, model_cfg, batches, robustness_config, train, train_many,
                          trainable_params)
 
 RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
@@ -54,7 +54,7 @@ def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "
     weights = torch.stack([(torch.arange(n, device=device) < len(s)).double() for s in splits])
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
     opt = BatchedAdamW(params, cfgs)
-    loss = Compiled(_manytrain_loss, compile)
+    loss = Compiled(many_train_loss, compile)
 
     def step() -> None:
         for w in params.values():

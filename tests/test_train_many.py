@@ -140,7 +140,7 @@ def test_incompatible_configs_train_in_separate_batches_and_come_back_in_order(t
     assert batches(cfgs) == [[0, 2, 3], [1], [4], [5], [6], [7]]  # another operation only changes the labels
     sizes = []
     real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args)))
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args))[1])
     runs = train_many(cfgs, [tmp_path / str(i) for i in range(len(cfgs))], compile=False, progress=False)
     assert sorted(sizes) == [1, 1, 1, 1, 1, 3]
     assert [run.config for run in runs] == cfgs
@@ -151,7 +151,7 @@ def test_training_sets_of_very_different_sizes_train_in_separate_batches(tmp_pat
     fractions = []
     real = T._train_batch
     monkeypatch.setattr(T, "_train_batch",
-                        lambda cfgs, *args: (fractions.append([c.frac_train for c in cfgs]), real(cfgs, *args)))
+                        lambda cfgs, *args: (fractions.append([c.frac_train for c in cfgs]), real(cfgs, *args))[1])
     cfgs = [tiny(frac_train=f, steps=10) for f in (0.3, 0.7, 0.65, 0.32, 0.5)]  # 87, 202, 188, 92, 144 pairs
     train_many(cfgs, [tmp_path / str(i) for i in range(5)], compile=False, progress=False)
     assert fractions == [[0.7, 0.65], [0.5], [0.32, 0.3]]  # each batch within 20% of its largest set
@@ -163,7 +163,7 @@ def test_training_sets_of_very_different_sizes_train_in_separate_batches(tmp_pat
 def test_max_models_splits_a_batch(tmp_path, monkeypatch):
     sizes = []
     real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args)))
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args))[1])
     train_many([tiny(seed=s, steps=10) for s in range(5)], [tmp_path / str(s) for s in range(5)],
                compile=False, progress=False, max_models=2)
     assert sizes == [2, 2, 1]
@@ -177,7 +177,7 @@ def test_get_runs_loads_cached_runs_and_trains_only_the_missing_ones_batched(tmp
     mtime = (cached.run_dir / "state.pt").stat().st_mtime_ns
     trained = []
     real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (trained.append(cfgs), real(cfgs, *args)))
+    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (trained.append(cfgs), real(cfgs, *args))[1])
     cfgs = [tiny(seed=s, steps=20) for s in (2, 0, 1, 2)]  # one cached, one asked for twice
     runs = get_runs(cfgs, progress=False)
     assert [sorted(c.seed for c in batch) for batch in trained] == [[1, 2]]

@@ -889,7 +889,7 @@ def many_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tenso
     return resid @ params["unembed.W_U"]  # [M, n, p]
 
 
-def _manytrain_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+def many_train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                      weights: torch.Tensor) -> torch.Tensor:
     """The sum over models of each model's mean float64 cross-entropy; padding rows have weight 0. [M, n] inputs."""
     log_probs = _FlushSubnormalGrad.apply(many_logits(params, a, b)).to(torch.float64).log_softmax(-1)
@@ -1101,7 +1101,7 @@ def _train_batch(cfgs: list[TrainConfig], dirs: list[Path], device: str, compile
     weights = torch.stack([(torch.arange(n, device=device) < len(tr)).double() for tr, _ in splits])  # [M, n]
     a_tr, b_tr, y_tr = tokens[idx, 0], tokens[idx, 1], labels.gather(1, idx)
     a_all, b_all = tokens[:, 0], tokens[:, 1]  # every pair, for the metrics
-    step_loss = Compiled(_manytrain_loss, compile)
+    step_loss = Compiled(many_train_loss, compile)
     clock = time.perf_counter()
     diverged: list[str] = []
 
