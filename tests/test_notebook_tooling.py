@@ -485,11 +485,14 @@ def test_every_badge_opens_its_own_chapter_on_the_configured_repository():
 
 
 def test_every_course_exercise_is_rated_and_has_folded_hints():
+    total = 0
     for path in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")):
         nb = read(path)
         found = notebooks.exercises(nb.cells, str(path.relative_to(ROOT)))
         solution_cells = [cell for cell in nb.cells if cell.cell_type == "code" and notebooks.has_solution(cell.source)]
-        assert len(found) == len(solution_cells) > 0, f"{path.name}: every exercise needs a rating and hints"
+        assert len(found) == len(solution_cells), f"{path.name}: every exercise needs a rating and hints"
+        total += len(found)  # a short chapter (the authors' model) may have none
         for item in found:
             assert 1 <= item.difficulty <= 3 and 1 <= item.importance <= 3 and 1 <= item.minutes <= 60
             assert all(len(hint) > 40 for hint in item.hints), f"{path.name}: {item.name}'s hints are too short to help"
+    assert total >= 25, f"only {total} rated exercises in the course"
