@@ -355,26 +355,15 @@ def test_get_run_waiting_for_a_lock_says_which_process_holds_it(tmp_path, monkey
 
 
 # --- resuming from a step-0 save -------------------------------------------------------------------------------
-def interrupt_after(step: int, monkeypatch):
-    """Make the trainer stop (KeyboardInterrupt) right after it saved state.pt at `step`."""
-    import utils.train as T
-    real_save = T._atomic_save
-
-    def save_then_stop(obj, path):
-        real_save(obj, path)
-        if path.name == "state.pt" and obj["step"] == step:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(T, "_atomic_save", save_then_stop)
-    return lambda: monkeypatch.setattr(T, "_atomic_save", real_save)
 
 
 @pytest.mark.parametrize("many", [False, True])
-def test_resuming_from_the_step_0_save_records_step_0_once(tmp_path, monkeypatch, many):
+def test_resuming_from_the_step_0_save_records_step_0_once(tmp_path, monkeypatch, interrupt_after, many):
     from utils.train import train_many
     cfg = tiny(steps=40)
     go = (lambda: train_many([cfg], [tmp_path / "run"], progress=False)[0]) if many else (
         lambda: train(cfg, tmp_path / "run", compile=False, progress=False))
-    restore = interrupt_after(0, monkeypatch)
+    restore = interrupt_after(0)
     with pytest.raises(KeyboardInterrupt):
         go()
     restore()
@@ -552,9 +541,9 @@ def test_a_checkpoint_from_another_run_is_refused(tmp_path, finished):
 
 
 @pytest.mark.parametrize("damage", ["shape", "step"])
-def test_a_mismatched_optimizer_state_is_refused_before_resuming(tmp_path, monkeypatch, damage):
+def test_a_mismatched_optimizer_state_is_refused_before_resuming(tmp_path, monkeypatch, interrupt_after, damage):
     run_dir = tmp_path / "run"
-    restore = interrupt_after(10, monkeypatch)
+    restore = interrupt_after(10)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(steps=20, checkpoint_every=10), run_dir, compile=False, progress=False)
     restore()
@@ -580,9 +569,9 @@ def test_state_records_whether_training_was_compiled_and_the_fallback_says_it_di
     assert torch.load(run.run_dir / "state.pt", weights_only=True)["compiled"] == [False]
 
 
-def test_unfinished_runs_raise_a_typed_error(tmp_path, monkeypatch):
+def test_unfinished_runs_raise_a_typed_error(tmp_path, monkeypatch, interrupt_after):
     from utils.train import UnfinishedRunError
-    restore = interrupt_after(20, monkeypatch)
+    restore = interrupt_after(20)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(steps=40), tmp_path / "run", compile=False, progress=False)
     restore()

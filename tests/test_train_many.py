@@ -84,23 +84,13 @@ def test_batched_run_is_written_exactly_like_a_single_run(tmp_path):
     assert torch.equal(batched.model_at(20).W_E, load_run(batched.run_dir).model_at(20).W_E)
 
 
-def interrupt_after(step: int, monkeypatch):
-    """Make the trainer stop (KeyboardInterrupt) right after it saved state.pt at `step`."""
-    real_save = T._atomic_save
-
-    def save_then_stop(obj, path):
-        real_save(obj, path)
-        if path.name == "state.pt" and obj["step"] == step:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(T, "_atomic_save", save_then_stop)
-    return lambda: monkeypatch.setattr(T, "_atomic_save", real_save)
 
 
-def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path, monkeypatch):
+def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path, monkeypatch, interrupt_after):
     whole = train(tiny(), tmp_path / "whole", compile=False, progress=False)
     for resume, first in ((train, train_many), (train_many, train)):
         half = tmp_path / f"{first.__name__}-then-{resume.__name__}"
-        restore = interrupt_after(20, monkeypatch)  # a run stopped at step 20
+        restore = interrupt_after(20)  # a run stopped at step 20
         with pytest.raises(KeyboardInterrupt):
             (train_many([tiny()], [half], compile=False, progress=False) if first is train_many
              else train(tiny(), half, compile=False, progress=False))
