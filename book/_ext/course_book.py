@@ -111,20 +111,23 @@ def _keep_math_with_punctuation(app: Sphinx, doctree, docname: str) -> None:
     from docutils import nodes
 
     for math in list(doctree.findall(nodes.math)):
-        parent, after = math.parent, math.next_node(descend=False, siblings=True)
-        if parent is None or not isinstance(after, nodes.Text):
+        parent = math.parent
+        if parent is None:
             continue
-        glued = re.match(r"[^\s]+", after.astext())
+        # by identity: Text nodes are strings, so list.index and remove would match an equal earlier one
+        i = next(j for j, child in enumerate(parent.children) if child is math)
+        after = parent.children[i + 1] if i + 1 < len(parent.children) else None
+        glued = re.match(r"\S+", after.astext()) if isinstance(after, nodes.Text) else None
         if glued is None:
             continue
-        span = nodes.inline(classes=["course-nowrap"])
-        parent.replace(math, span)
-        span += [math, nodes.Text(glued[0])]
         rest = after.astext()[glued.end():]
+        span = nodes.inline(classes=["course-nowrap"])
+        parent[i] = span
+        span += [math, nodes.Text(glued[0])]
         if rest:
-            parent.replace(after, nodes.Text(rest))
+            parent[i + 1] = nodes.Text(rest)
         else:
-            parent.remove(after)
+            del parent[i + 1]
 
 
 def _add_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
