@@ -21,11 +21,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 import pytest
-from jupyter_client import KernelManager
-from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 from test_colab_setup import fake_colab, make_remote  # tests/ is on sys.path (pytest's rootdir-less import)
@@ -77,18 +76,15 @@ class ColabRuntime:
         (kernel / "kernel.json").write_text(json.dumps({
             "argv": [str(colab_stack.venv_python(venv)), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "Colab-like", "language": "python"}))
-        self.kernels = KernelSpecManager(kernel_dirs=[str(folder / "kernels")])
 
     def execute(self, nb: nbformat.NotebookNode) -> dict:
         """Run `nb` in a fresh kernel, in place; the report of its last cell (a REPORT_CELL)."""
-        manager = KernelManager(kernel_name="colab-like", kernel_spec_manager=self.kernels)
-        client = NotebookClient(nb, km=manager, timeout=CELL_TIMEOUT, startup_timeout=120,
+        client = NotebookClient(nb, kernel_name="colab-like", timeout=CELL_TIMEOUT, startup_timeout=120,
                                 resources={"metadata": {"path": str(self.content)}})
-        try:
+        # nbclient finds the kernel spec through JUPYTER_PATH, and shuts down (or notices the death of) the
+        # kernel it started itself.
+        with mock.patch.dict(os.environ, {"JUPYTER_PATH": str(self.folder)}):
             client.execute(env=self.env)
-        finally:  # nbclient leaves running a kernel whose manager it was given
-            if manager.has_kernel:
-                manager.shutdown_kernel(now=True)
         for output in nb.cells[-1].outputs:
             for line in output.get("text", "").splitlines():
                 if line.startswith(REPORT_MARK):

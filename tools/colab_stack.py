@@ -10,6 +10,10 @@ Google Colab does not run the course's pinned stack: it has its own Python, torc
 The environment lives in ~/.cache/grokking-course/colab-venv-<hash of the pins> (or $GROKKING_COLAB_CACHE);
 it is built in a temporary folder, then renamed, so an interrupted build leaves nothing half-made. Tests use a
 hard-linked copy of it (`fresh_copy`), so what the setup cell installs never changes the cached one.
+
+Measured on the course's 2-core machine, shared with other jobs: building the environment took 3.6 minutes
+(about 3 GB from PyPI, 5.8 GB on disk); the setup cell's install 65-73 s; chapters 2-5 with their runs
+cached 34-148 s each. A run missing from the cache is trained on the older torch, which takes minutes per run.
 """
 from __future__ import annotations
 
