@@ -96,6 +96,11 @@ def compare(dirs: list[Path], reference: list[Path]) -> list[str]:
     return problems
 
 
+def _progress(dirs: list[Path]) -> int:
+    """How many checkpoint files the run directories hold (it grows while a round trains)."""
+    return sum(len(list((d / "checkpoints").glob("step_*.pt"))) for d in dirs if (d / "checkpoints").is_dir())
+
+
 def soak(mode: str, kills: int, workdir: Path, seed: int = 0, max_delay: float = 2.5) -> dict:
     """Kill `kills` times at random moments, then let the run finish; compare with an uninterrupted run."""
     rng = random.Random(seed)
@@ -105,9 +110,10 @@ def soak(mode: str, kills: int, workdir: Path, seed: int = 0, max_delay: float =
     start = time.perf_counter()
     _finish(mode, reference)
     reference_s = time.perf_counter() - start
-    killed, during_write, finished_early = 0, 0, 0
+    killed, landed, during_write, finished_early = 0, 0, 0, 0
     start = time.perf_counter()
-    while killed < kills:
+    while landed < kills:  # count only kills that interrupted training (not Python's start-up)
+        before = _progress(dirs)
         proc = _start(mode, dirs)
         # Python and torch take a few seconds to start; kill somewhere between that and a bit after
         time.sleep(rng.uniform(0.5, max_delay) + (3.0 if rng.random() < 0.7 else 0.0))
@@ -119,10 +125,12 @@ def soak(mode: str, kills: int, workdir: Path, seed: int = 0, max_delay: float =
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += 1
+        landed += _progress(dirs) > before
         during_write += any(any(d.rglob("*.tmp")) for d in dirs if d.exists())
     _finish(mode, dirs)
     problems = compare(dirs, reference)
-    return {"mode": mode, "runs": n, "kills": killed, "kills_during_a_write": during_write,
+    return {"mode": mode, "runs": n, "kills": killed, "kills_after_training_resumed": landed,
+            "kills_during_a_write": during_write,
             "restarts_after_finishing_early": finished_early, "reference_s": round(reference_s, 1),
             "soak_s": round(time.perf_counter() - start, 1), "problems": problems, "ok": not problems}
 

@@ -3,6 +3,7 @@ tabulate what happened.
 
     nice -n 10 .venv/bin/python benchmarks/sweep_presets.py      # writes benchmarks/results/sweep_presets.json
     .venv/bin/python benchmarks/sweep_presets.py --table          # print the table (Markdown) from that file
+    .venv/bin/python benchmarks/sweep_presets.py --readme         # write that table into README.md
 
 Each pair runs `python -m utils.train --preset workshop --p P --seed S --out DIR` in its own process (compiled, as
 a learner runs it; wall time includes start-up and compilation), then reads the run back. Columns: steps to
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine  # noqa: E402
@@ -31,6 +34,9 @@ from utils.progress import phase_boundaries  # noqa: E402
 from utils.train import TrainConfig, load_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep_presets.json"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- sweep_presets table: begin (benchmarks/sweep_presets.py --readme) -->", \
+    "<!-- sweep_presets table: end -->"
 PAIRS = [(97, 3), (59, 0), (59, 3), (61, 1), (67, 2), (71, 0), (73, 3), (79, 1), (83, 2), (89, 4), (97, 5),
          (101, 1), (103, 0), (107, 2), (109, 4), (113, 1), (113, 3), (127, 0), (127, 2)]  # (97, 3): issue 12's
 MEMORISED, GROKKED = 0.99, 0.999
@@ -74,16 +80,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(result: dict) -> str:
+    """One sentence under the table: how many pairs grokked, and where it ran."""
+    m = result["machine"]
+    return (f"{result['grokked']} of {result['pairs']} pairs grokked ({result['pairs_planned']} planned); "
+            f"{m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s) per run, load average "
+            f"{result.get('load_average', '?')} during the sweep ({m['note']}).")
+
+
+def readme_with_table(text: str, result: dict) -> str:
+    """README.md's text with the block between BEGIN and END replaced by the results' table."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise SystemExit(f"README.md must hold the markers {BEGIN!r} and {END!r} once each")
+    head, rest = text.split(BEGIN)
+    tail = rest.split(END)[1]
+    return f"{head}{BEGIN}\n{table(result['rows'])}\n\n{summary(result)}\n{END}{tail}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="store_true", help="print the table from the results file and stop")
+    parser.add_argument("--readme", action="store_true", help="write the table from the results file into README.md")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(RESULTS.read_text())["rows"]))
         return 0
+    if args.readme:
+        README.write_text(readme_with_table(README.read_text(), json.loads(RESULTS.read_text())))
+        return 0
     preset = TrainConfig.preset("workshop")
     rows: list[dict] = []
+    loads = [os.getloadavg()[0]]  # the 1-minute load average at the start and after each pair
     started = time.perf_counter()
 
     def write() -> int:
@@ -91,8 +119,10 @@ def main() -> int:
         grokked = sum(r.get("outcome") == "grokked" and r.get("final_test_acc", 0) >= GROKKED for r in rows)
         result = {"preset": {k: v for k, v in preset.to_dict().items() if k not in ("p", "seed")},
                   "machine": {**machine(), "cores": os.cpu_count(), "host": platform.node(),
-                              "note": "a shared 2-core machine, run under nice -n 10 while other jobs ran: wall "
-                                      "times are upper bounds"},
+                              "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
+                              "note": "a shared machine: other jobs ran alongside, so wall times are upper "
+                                      "bounds"},
+                  "load_average": round(sum(loads) / len(loads), 1),
                   "pairs_planned": len(PAIRS), "pairs": len(rows), "grokked": grokked,
                   "total_s": round(time.perf_counter() - started), "rows": rows}
         RESULTS.parent.mkdir(exist_ok=True)
@@ -103,6 +133,7 @@ def main() -> int:
         folder = args.keep or Path(tmp)  # with --keep, a rerun resumes unfinished runs and reloads finished ones
         for p, seed in PAIRS:
             rows.append(measure(p, seed, folder / f"p{p}-seed{seed}"))
+            loads.append(os.getloadavg()[0])
             print(json.dumps(rows[-1]), flush=True)
             grokked = write()
     print(table(rows))
