@@ -5,6 +5,7 @@ folder of synthetic notebooks); the last ones check the real repository's notebo
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import nbformat
 import pytest
 import yaml
 
-from tools import notebooks
+from tools import notebooks, same_code
 from tools.notebooks import NotebookError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,14 @@ def set_repository(root: Path, url: str | None, branch: str | None = "main") -> 
     config = yaml.safe_load((root / "_config.yml").read_text())
     config["repository"] = {key: value for key, value in (("url", url), ("branch", branch)) if value is not None}
     (root / "_config.yml").write_text(yaml.safe_dump(config))
+
+
+def setup_repository(source: str) -> tuple:
+    """What the setup cell assigns to `REPO_URL, BRANCH, FOLDER`, however the generator lays it out."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "(REPO_URL, BRANCH, FOLDER)":
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no `REPO_URL, BRANCH, FOLDER = ...` in the setup cell:\n{source}")
 
 
 def badge_url(nb: nbformat.NotebookNode) -> str:
@@ -358,7 +367,8 @@ def test_badges_follow_the_repository_in_config(root: Path):
                                  "chapters/03_badges.ipynb")
         assert ("https://colab.research.google.com/github/someone/a-fork/blob/workshop-2025/"
                 "solutions/03_badges.ipynb") in nb.cells[0].source
-        assert '"https://github.com/someone/a-fork", "workshop-2025", "a-fork"' in nb.cells[1].source
+        assert setup_repository(nb.cells[1].source) == (
+            "https://github.com/someone/a-fork", "workshop-2025", "a-fork")
     set_repository(root, "https://github.com/other/course", "main")
     assert sorted(notebooks.check(root)) == ["chapters/03_badges.ipynb: stale (not what solutions/03_badges.ipynb "
                                              "generates)", "solutions/03_badges.ipynb: not normalised (metadata, "
@@ -496,3 +506,49 @@ def test_every_course_exercise_is_rated_and_has_folded_hints():
             assert 1 <= item.difficulty <= 3 and 1 <= item.importance <= 3 and 1 <= item.minutes <= 60
             assert all(len(hint) > 40 for hint in item.hints), f"{path.name}: {item.name}'s hints are too short to help"
     assert total >= 25, f"only {total} rated exercises in the course"
+
+
+MAX_CODE_LINE = 88  # characters per code line in a course notebook (the project's limit)
+# Notebooks not yet reformatted to MAX_CODE_LINE. TODO(lead): empty this list once 03_algorithm's new
+# section has landed and its long lines are broken (`python -m tools.same_code` shows that only the layout
+# changed); strict=True makes the test fail as a reminder then.
+LONG_LINES_PENDING = {"solutions/03_algorithm.ipynb", "chapters/03_algorithm.ipynb"}
+
+
+def long_code_lines(nb: nbformat.NotebookNode, limit: int = MAX_CODE_LINE) -> list[str]:
+    """Every code line longer than `limit`, as 'cell <id>, line <n> (<length> characters): <line>'."""
+    return [f"cell {cell.get('id', index)}, line {number} ({len(line)} characters): {line.strip()}"
+            for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for number, line in enumerate(cell.source.split("\n"), start=1) if len(line) > limit]
+
+
+def test_long_code_lines_are_reported_with_their_cell_and_line():
+    nb = nbformat.v4.new_notebook(cells=[code("x = 1\ny = '" + "a" * 90 + "'", id="long-one"),
+                                         markdown("m" * 200), code("z = 2", id="short")])
+    assert long_code_lines(nb) == [f"cell long-one, line 2 (96 characters): y = '{'a' * 90}'"]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(
+        strict=True, reason="long lines not yet broken: see LONG_LINES_PENDING"))
+    if name in LONG_LINES_PENDING else name
+    for name in sorted(str(path.relative_to(ROOT)) for path in
+                       course_notebooks() + sorted((ROOT / "book").glob("*.ipynb")))])
+def test_course_notebook_code_lines_fit_88_characters(name: str):
+    too_long = long_code_lines(read(ROOT / name))
+    assert not too_long, (f"{name}: {len(too_long)} code line(s) longer than {MAX_CODE_LINE} characters "
+                          "(break them inside parentheses; chapters/ follows solutions/ through "
+                          "`python -m tools.notebooks generate`):\n" + "\n".join(too_long))
+
+
+def test_same_code_accepts_a_reflow_and_rejects_a_changed_program_or_a_broken_stub():
+    before = {"a": 'x = f(1, 2)  # a long comment\nprint(f"{x} and " "more")',
+              "b": STUB_AND_SOLUTION, "c": 'def g():\n    """One line."""\n    return 1'}
+    reflowed = {"a": '# a long comment\nx = f(1,\n      2)\nprint(f"{x} "\n      "and more")',
+                "b": STUB_AND_SOLUTION, "c": 'def g():\n    """One\n    line."""\n    return 1'}
+    assert same_code.compare(before, reflowed, "nb") == (2, ["nb: cell c: only a docstring's text changed"], [])
+    changed = reflowed | {"a": "x = f(1, 3)\nprint(x)"}
+    assert same_code.compare(before, changed, "nb")[2] == ["nb: cell a: the code changed, not just its layout"]
+    broken_stub = reflowed | {"b": STUB_AND_SOLUTION.replace("    # return ...", "    # return (...")}
+    assert same_code.compare(before, broken_stub, "nb")[2] == [
+        "nb: cell b: the code changed, not just its layout"]

@@ -84,7 +84,8 @@ HINT_EXAMPLE = '<details class="course-hint"><summary>Hint 1</summary>\n\nWhat t
 MAX_HINTS = 2
 
 SETUP_TEMPLATE = '''\
-# Colab setup: fetch the course code, install what Colab lacks, put the course on sys.path. No-op elsewhere.
+# Colab setup: fetch the course code, install what Colab lacks, put it on sys.path.
+# A no-op outside Colab.
 import sys
 
 try:
@@ -96,14 +97,20 @@ except ImportError:
 if IN_COLAB:
     import importlib.metadata, os, subprocess, tempfile
 
-    REPO_URL, BRANCH, FOLDER = @REPOSITORY@
-    # What Colab lacks, pinned as in requirements.txt (never torch: Colab's build matches its GPU).
-    PINS = {@PINS@}
+    REPO_URL, BRANCH, FOLDER = (
+@REPOSITORY@
+    )
+    # What Colab lacks, pinned as in requirements.txt
+    # (never torch: Colab's build matches its GPU).
+    PINS = {
+@PINS@
+    }
 
     def _run(*command):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed:\\n{done.stdout}{done.stderr}")
+            raise RuntimeError(f"`{' '.join(command)}` failed:\\n"
+                               f"{done.stdout}{done.stderr}")
 
     def _installed(name):
         try:
@@ -113,14 +120,18 @@ if IN_COLAB:
 
     if not os.path.isdir(FOLDER):
         print(f"Fetching the course ({BRANCH}) into {FOLDER}/ …")
-        _run("git", "clone", "--quiet", "--depth", "1", "--branch", BRANCH, REPO_URL, FOLDER)
-    missing = [f"{name}=={pin}" for name, pin in PINS.items() if _installed(name) != pin]
+        _run("git", "clone", "--quiet", "--depth", "1", "--branch", BRANCH,
+             REPO_URL, FOLDER)
+    missing = [f"{name}=={pin}" for name, pin in PINS.items()
+               if _installed(name) != pin]
     if missing:
         print("Installing", ", ".join(missing), "…")
-        keep_torch = os.path.join(tempfile.gettempdir(), "keep-colab-torch.txt")  # pip constraints file
+        # a pip constraints file that keeps Colab's own torch
+        keep_torch = os.path.join(tempfile.gettempdir(), "keep-colab-torch.txt")
         with open(keep_torch, "w") as f:
             f.write(f"torch=={_installed('torch')}\\n")
-        _run(sys.executable, "-m", "pip", "install", "--quiet", "--constraint", keep_torch, *missing)
+        _run(sys.executable, "-m", "pip", "install", "--quiet",
+             "--constraint", keep_torch, *missing)
     COURSE_DIR = os.path.abspath(FOLDER)
     if COURSE_DIR not in sys.path:
         sys.path.insert(0, COURSE_DIR)
@@ -370,9 +381,13 @@ def setup_source(repo: Repository, pins: dict[str, str]) -> str:
     """Python of the setup cell: in Colab, clone the course, install what Colab lacks, extend sys.path."""
     if any(_canonical(name) == "torch" for name in pins):
         raise NotebookError("the Colab setup cell must never install torch: remove it from COLAB_PACKAGES")
-    repository = ", ".join(json.dumps(value) for value in (repo.url, repo.branch, repo.name))
-    pin_text = ", ".join(f"{json.dumps(name)}: {json.dumps(version)}" for name, version in pins.items())
-    return SETUP_TEMPLATE.replace("@REPOSITORY@", repository).replace("@PINS@", pin_text).rstrip("\n")
+    # One value a line, so that the cell's lines stay within 88 characters.
+    repository = "".join(f"        {json.dumps(value)},\n"
+                         for value in (repo.url, repo.branch, repo.name))
+    pin_text = "".join(f"        {json.dumps(name)}: {json.dumps(version)},\n"
+                       for name, version in pins.items())
+    return (SETUP_TEMPLATE.replace("@REPOSITORY@\n", repository).replace("@PINS@\n", pin_text)
+            .rstrip("\n"))
 
 
 def _generated_cells(title: str, name: str, repo: Repository, pins: dict[str, str]) -> list:
