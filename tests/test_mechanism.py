@@ -46,6 +46,64 @@ def test_neuron_activations_are_the_hooked_mlp_outputs_on_the_a_b_grid():
     assert (acts >= 0).all()  # post-ReLU
 
 
+def test_neuron_inputs_are_the_hooked_pre_relu_activations_and_the_relu_gives_the_outputs():
+    model = small_model()
+    before = mechanism.neuron_activations(model, before_relu=True)
+    tokens, _ = make_dataset(P)
+    _, cache = model.run_with_cache(tokens[[5 * P + 9]])
+    torch.testing.assert_close(before[5, 9], cache["blocks.0.mlp.hook_pre"][0, -1])
+    torch.testing.assert_close(torch.relu(before), mechanism.neuron_activations(model))
+
+
+# --- attention at "=" ---------------------------------------------------------------------------------------
+def test_attention_weights_are_the_equals_querys_softmax_row_for_every_input():
+    model = small_model()
+    weights = mechanism.attention_weights(model)
+    assert weights.shape == (2, P, P, 3) and weights.dtype == torch.float64
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, P, P, dtype=torch.float64))
+    tokens, _ = make_dataset(P)
+    _, cache = model.run_with_cache(tokens[[5 * P + 9]])
+    torch.testing.assert_close(weights[:, 5, 9], cache["blocks.0.attn.hook_pattern"][0, :, -1].double())
+
+
+def test_head_outputs_add_up_to_the_attention_output():
+    model = small_model()
+    heads, out = mechanism.head_outputs(model), mechanism.attention_output(model)
+    assert heads.shape == (2, P, P, 16) and out.shape == (P, P, 16)
+    torch.testing.assert_close(heads.sum(0), out, rtol=1e-5, atol=1e-6)
+
+
+def test_additive_share_is_one_for_a_sum_and_the_planted_share_with_a_product():
+    (c3, s3), (c5, _) = waves(P, 3), waves(P, 5)
+    total = c3[:, None] + s3[None, :]  # a sum f(a) + g(b): variance P²/2 + P²/2
+    product = c5[:, None] * c5[None, :]  # orthogonal to every sum: variance P²/4
+    assert mechanism.additive_share(total[..., None] + 7.0) == pytest.approx(1.0)
+    assert mechanism.additive_share(torch.stack([total, total + product], -1)) == pytest.approx(1 - 0.25 / 2.25)
+    torch.testing.assert_close(mechanism.additive_fit(total + product), total)
+    assert mechanism.additive_share(torch.full((P, P), 3.0, dtype=torch.float64)) == 1.0
+
+
+def test_additive_fit_is_the_least_squares_fit_by_one_hot_rows_and_columns():
+    x = torch.randn(7, 7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eye = torch.eye(7, dtype=torch.float64)
+    X = torch.cat([eye.repeat_interleave(7, 0), eye.repeat(7, 1)], 1)  # [p², 2p]: f(a) and g(b)
+    Y = x.reshape(49, 3)
+    fit = X @ torch.linalg.lstsq(X, Y, driver="gelsd").solution
+    torch.testing.assert_close(mechanism.additive_fit(x), fit.reshape(7, 7, 3))
+
+
+def test_logits_with_additive_attention_change_nothing_when_attention_is_already_a_sum():
+    model = small_model()
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.zero_()  # every score 0: fixed weights, so the output is a sum of a and b terms
+    torch.testing.assert_close(mechanism.logits_with_additive_attention(model), mechanism.model_logits(model),
+                               rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.normal_(0, 3.0)  # weights that depend on a and b: products
+    assert not torch.allclose(mechanism.logits_with_additive_attention(model), mechanism.model_logits(model),
+                              rtol=1e-4, atol=1e-5)
+
+
 def test_frequency_fractions_find_each_planted_neurons_frequency():
     acts, freqs = planted_neurons()
     fractions = mechanism.neuron_frequency_fractions(acts)  # [(p-1)/2, n]

@@ -1,4 +1,5 @@
-"""The mechanism read off the weights: neurons by frequency, W_L = W_out·W_U, and the logits as a sum of cosines.
+"""The mechanism read off the weights: attention at "=", neurons by frequency, W_L = W_out·W_U, and the logits
+as a sum of cosines.
 
 Conventions (see utils.fourier): w_k = 2πk/p; inputs in the dataset's order, laid out as a [p, p] grid over (a, b);
 2-D Fourier coefficients [p (component of a), p (component of b), ...] with rows const, cos 1, sin 1, cos 2, …
@@ -18,14 +19,19 @@ import torch
 from utils.data import make_dataset
 from utils.fourier import (check_frequencies, fft2d, fourier_basis, frequency_norms, n_frequencies,
                            output_frequency_norms)
-from utils.model import HookedTransformer
+from utils.model import PATTERN_HOOK, HookedTransformer
 
-__all__ = ["NEURON_HOOK", "model_logits", "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies",
-           "neuron_clusters", "W_L", "W_L_fourier", "W_L_frequency_norms", "significant_rank",
-           "cluster_output_norms", "logit_grid", "SIGNS", "cosine_waves", "fit_waves", "fit_cosine_logits", "variance_explained",
-           "logit_variance_explained", "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
+__all__ = ["NEURON_HOOK", "PRE_HOOK", "Z_HOOK", "ATTN_OUT_HOOK", "attention_weights", "head_outputs",
+           "attention_output", "additive_fit", "additive_share", "logits_with_additive_attention", "model_logits",
+           "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies", "neuron_clusters", "W_L",
+           "W_L_fourier", "W_L_frequency_norms", "significant_rank", "cluster_output_norms", "logit_grid", "SIGNS",
+           "cosine_waves", "fit_waves", "fit_cosine_logits", "variance_explained", "logit_variance_explained",
+           "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
 
 NEURON_HOOK = "blocks.0.mlp.hook_post"  # MLP activations after the ReLU: [batch, pos, d_mlp]
+PRE_HOOK = "blocks.0.mlp.hook_pre"  # the neurons' inputs, before the ReLU: [batch, pos, d_mlp]
+Z_HOOK = "blocks.0.attn.hook_z"  # each head's weighted average of values: [batch, pos, head, d_head]
+ATTN_OUT_HOOK = "blocks.0.hook_attn_out"  # the attention layer's output: [batch, pos, d_model]
 
 
 def _p(model: HookedTransformer) -> int:
@@ -41,14 +47,80 @@ def _freq_list(p: int, freqs: Sequence[int]) -> list[int]:
     return freqs
 
 
-# --- neurons ------------------------------------------------------------------------------------------
-def neuron_activations(model: HookedTransformer) -> torch.Tensor:
-    """Post-ReLU MLP activations at the last position for every input (a, b, =): [p (a), p (b), d_mlp]."""
+def _cached(model: HookedTransformer, hook: str) -> torch.Tensor:
+    """One cached activation for every input (a, b, =), rows a·p + b: [p², ...] (on the CPU)."""
+    tokens, _ = make_dataset(_p(model))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hook)
+    return cache[hook].cpu()
+
+
+# --- attention at the "=" position -------------------------------------------------------------------
+def attention_weights(model: HookedTransformer) -> torch.Tensor:
+    """Each head's attention from "=" to the keys a, b, "=", for every input: [head, p (a), p (b), 3] (float64)."""
+    pattern = _cached(model, PATTERN_HOOK)[:, :, -1].double()  # [p², head, key]: the "=" query's row
+    return einops.rearrange(pattern, "(a b) head key -> head a b key", a=_p(model))
+
+
+def head_outputs(model: HookedTransformer) -> torch.Tensor:
+    """What each head adds to the residual stream at "=", for every input: [head, p (a), p (b), d_model] (float64).
+
+    Their sum over the heads is the attention layer's output (its bias b_O is frozen at zero).
+    """
+    z = _cached(model, Z_HOOK)[:, -1].double()  # [p², head, d_head] at "="
+    W_O = model.W_O[0].detach().double().cpu()  # [head, d_head, d_model]
+    out = einops.einsum(z, W_O, "ab head h, head h d -> head ab d")
+    return einops.rearrange(out, "head (a b) d -> head a b d", a=_p(model))
+
+
+def attention_output(model: HookedTransformer) -> torch.Tensor:
+    """The attention layer's output at "=" for every input: [p (a), p (b), d_model] (float64)."""
+    out = _cached(model, ATTN_OUT_HOOK)[:, -1].double()  # [p², d_model]
+    return einops.rearrange(out, "(a b) d -> a b d", a=_p(model))
+
+
+def additive_fit(x: torch.Tensor) -> torch.Tensor:
+    """The least-squares sum f(a) + g(b) for x [p (a), p (b), ...]: row means + column means - the grand mean.
+
+    On the full grid of inputs this is the exact least-squares fit (the leftover has zero mean along every row
+    and column, so it is orthogonal to every f(a) + g(b)); in the 2-D Fourier basis it keeps row 0 and column 0.
+    """
+    x = x.double()
+    return x.mean(1, keepdim=True) + x.mean(0, keepdim=True) - x.mean((0, 1), keepdim=True)
+
+
+def additive_share(x: torch.Tensor) -> float:
+    """Share of x's variance over the (a, b) grid that the best f(a) + g(b) explains; x [p, p, ...], pooled over
+    the trailing axes (each centred over the grid). A constant x is a sum: 1."""
+    x = x.double()
+    total = (x - x.mean((0, 1), keepdim=True)).pow(2).sum()
+    residual = (x - additive_fit(x)).pow(2).sum()
+    return 1.0 if total <= 1e-24 * x.pow(2).sum() else float(1 - residual / total)
+
+
+def logits_with_additive_attention(model: HookedTransformer) -> torch.Tensor:
+    """The logits at "=" [p², p] (float32) with the attention output there replaced by its best f(a) + g(b):
+    everything in it that is not a sum (the products) removed, and nothing else changed."""
     p = _p(model)
+    fit = einops.rearrange(additive_fit(attention_output(model)), "a b d -> (a b) d")
+
+    def replace(attn_out: torch.Tensor, hook) -> torch.Tensor:  # [p², pos, d_model]
+        attn_out = attn_out.clone()
+        attn_out[:, -1] = fit.to(attn_out)
+        return attn_out
+
     tokens, _ = make_dataset(p)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=NEURON_HOOK)
-    return einops.rearrange(cache[NEURON_HOOK][:, -1].cpu(), "(a b) n -> a b n", a=p)
+        logits = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(ATTN_OUT_HOOK, replace)])
+    return logits[:, -1].cpu()
+
+
+# --- neurons ------------------------------------------------------------------------------------------
+def neuron_activations(model: HookedTransformer, before_relu: bool = False) -> torch.Tensor:
+    """MLP activations at the last position for every input (a, b, =): [p (a), p (b), d_mlp]; after the ReLU,
+    or before it (the neurons' inputs) if before_relu."""
+    acts = _cached(model, PRE_HOOK if before_relu else NEURON_HOOK)[:, -1]
+    return einops.rearrange(acts, "(a b) n -> a b n", a=_p(model))
 
 
 def neuron_frequency_fractions(acts: torch.Tensor) -> torch.Tensor:

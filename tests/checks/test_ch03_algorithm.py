@@ -1,5 +1,5 @@
-"""Chapter 3's checks accept the reference and name plausible mistakes: cosine form, W_L, neuron fits, shares, and
-the Fourier multiplication algorithm."""
+"""Chapter 3's checks accept the reference and name plausible mistakes: cosine form, W_L, the additive share of
+attention's output, neuron fits, shares, and the Fourier multiplication algorithm."""
 from __future__ import annotations
 
 import pytest
@@ -69,6 +69,44 @@ def zeroes_W_out(model):
 ])
 def test_W_L_fourier_check_names_the_mistake(wrong, expected, failure):
     assert expected in failure(checks.check_W_L_fourier, wrong)
+
+
+def share(x, *, fit="both", total="grid", pooled=True, dtype=torch.float64):  # (float32 is precise enough here)
+    """The notebook's solution, with knobs for the plausible mistakes."""
+    x = x.to(dtype)
+    row, col, grand = x.mean(1, keepdim=True), x.mean(0, keepdim=True), x.mean((0, 1), keepdim=True)
+    fitted = {"both": row + col - grand, "no grand mean": row + col, "a only": row,
+              "swapped": x.mean(1)[None] + x.mean(0)[:, None] - grand}.get(fit)
+    if fit == "lstsq":  # least squares with one-hot columns for f(a) and g(b): the same fit
+        p = x.shape[0]
+        eye = torch.eye(p, dtype=dtype)
+        X = torch.cat([eye.repeat_interleave(p, 0), eye.repeat(p, 1)], 1)  # [p², 2p]
+        Y = x.reshape(p * p, -1)
+        fitted = (X @ torch.linalg.lstsq(X, Y, driver="gelsd").solution).reshape(x.shape)
+    mean = {"grid": grand, "none": 0.0, "all": x.mean()}[total]
+    residual, variance = (x - fitted).pow(2).sum((0, 1)), (x - mean).pow(2).sum((0, 1))
+    return (1 - residual.sum() / variance.sum()).item() if pooled else (1 - residual / variance).mean().item()
+
+
+@pytest.mark.parametrize("solution", [mechanism.additive_share, share, lambda x: share(x, fit="lstsq")],
+                         ids=["reference", "means", "lstsq"])
+def test_additive_share_check_accepts_the_reference_and_a_least_squares_solution(solution):
+    checks.check_additive_share(solution)
+
+
+@pytest.mark.parametrize("wrong, expected", [
+    (lambda x: 1 - share(x), "NOT explained"),
+    (lambda x: share(x, total="none"), "variance around the MEAN"),
+    (lambda x: share(x, total="all"), "not everything at once"),
+    (lambda x: share(x, fit="no grand mean"), "counts the grand mean twice"),
+    (lambda x: share(x, fit="a only"), "f(a) AND g(b)"),
+    (lambda x: share(x, fit="swapped"), "keepdim=True"),
+    (lambda x: share(x, pooled=False), "pool the features"),
+    (lambda x: torch.tensor(share(x)), "Python float"),
+    (lambda x: None, "return"),
+])
+def test_additive_share_check_names_the_mistake(wrong, expected, failure):
+    assert expected in failure(checks.check_additive_share, wrong)
 
 
 def test_neuron_fit_r2_check_accepts_the_reference():

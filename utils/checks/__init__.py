@@ -15,8 +15,9 @@ answers as `mistakes`, so a match names the mistake), finish with `harness.passe
 from utils.checks.ch01_training import check_loss_fn, check_make_dataset, check_model_config, check_train_step
 from utils.checks.ch02_periodicity import (check_embedding_frequency_norms, check_fft1d, check_fft2d,
                                            check_fourier_basis, check_key_frequencies)
-from utils.checks.ch03_algorithm import (check_cosine_variance_explained, check_fourier_multiplication,
-                                         check_neuron_fit_r2, check_output_frequency_shares, check_W_L_fourier)
+from utils.checks.ch03_algorithm import (check_additive_share, check_cosine_variance_explained,
+                                         check_fourier_multiplication, check_neuron_fit_r2,
+                                         check_output_frequency_shares, check_W_L_fourier)
 from utils.checks.ch04_ablations import (check_ablate_neurons, check_keep_frequencies, check_project_onto_frequency,
                                          check_remove_frequencies, check_sum_directions)
 from utils.checks.ch05_progress import check_embedding_norms, check_gini, check_restricted_and_excluded
@@ -30,7 +31,7 @@ __all__ = ["CheckFailed", "set_time_limit", "time_limit",
            "check_fourier_basis", "check_fft1d", "check_fft2d", "check_embedding_frequency_norms",
            "check_key_frequencies",
            # chapter 3
-           "check_cosine_variance_explained", "check_W_L_fourier", "check_neuron_fit_r2",
+           "check_cosine_variance_explained", "check_W_L_fourier", "check_additive_share", "check_neuron_fit_r2",
            "check_output_frequency_shares", "check_fourier_multiplication",
            # chapter 4
            "check_sum_directions", "check_remove_frequencies", "check_keep_frequencies",

@@ -1,5 +1,6 @@
-"""Checks for chapter 3 (the algorithm): the cosine form's variance explained, W_L in the Fourier basis, neuron fits,
-output-frequency shares, and the Fourier multiplication algorithm (shared with chapter 6's subtraction)."""
+"""Checks for chapter 3 (the algorithm): the cosine form's variance explained, W_L in the Fourier basis, the additive
+share of attention's output, neuron fits, output-frequency shares, and the Fourier multiplication algorithm (shared
+with chapter 6's subtraction)."""
 from __future__ import annotations
 
 import math
@@ -11,9 +12,9 @@ import torch
 from utils import fourier as _fourier, mechanism as _mechanism
 from utils.checks.compare import Mistakes, expect_number, expect_tensor, explaining_mistake
 from utils.checks.harness import CheckFailed, call, fail, guarded, passed
-from utils.checks.inputs import cosine_logits, planted_neurons, random_model
+from utils.checks.inputs import cosine_logits, planted_neurons, random_model, sum_and_products
 
-__all__ = ["check_cosine_variance_explained", "check_W_L_fourier", "check_neuron_fit_r2",
+__all__ = ["check_cosine_variance_explained", "check_W_L_fourier", "check_additive_share", "check_neuron_fit_r2",
            "check_output_frequency_shares", "check_fourier_multiplication", "check_fourier_algorithm"]
 
 
@@ -94,6 +95,58 @@ def check_W_L_fourier(fn: Callable) -> None:
         expect_tensor(name, got, want, what="W_L in the Fourier basis", on=on, rtol=1e-7, atol=1e-9, detached=True,
                       mistakes=mistakes)
     passed("W_L_fourier is W_out @ W_U in float64 with the answers' axis in the Fourier basis.")
+
+
+# --- attention: a sum f(a) + g(b)? ----------------------------------------------------------------------------
+def _share_with(x: torch.Tensor, *, fit: str = "both", centre: str = "grid", pooled: bool = True,
+                unexplained: bool = False) -> float:
+    """The additive share with one knob per plausible mistake (the defaults give the reference's value)."""
+    row, col, grand = x.mean(1, keepdim=True), x.mean(0, keepdim=True), x.mean((0, 1), keepdim=True)
+    fitted = {"both": row + col - grand, "no grand mean": row + col, "a only": row,
+              "swapped": x.mean(1)[None] + x.mean(0)[:, None] - grand}[fit]
+    mean = {"grid": grand, "none": 0.0, "all": x.mean()}[centre]
+    residual, total = (x - fitted).pow(2).sum((0, 1)), (x - mean).pow(2).sum((0, 1))  # [d]
+    share = float(1 - residual.sum() / total.sum()) if pooled else float((1 - residual / total).mean())
+    return 1 - share if unexplained else share
+
+
+_SHARE_MISTAKES = [  # (hint, knobs of _share_with)
+    ("that is the share NOT explained (residual / total): return 1 minus it.", dict(unexplained=True)),
+    ("the total is the variance around the MEAN: centre each feature over the grid, x - x.mean((0, 1)), before "
+     "squaring (not sum(x²)).", dict(centre="none")),
+    ("centre each feature over the (a, b) grid, x.mean((0, 1)), not everything at once with x.mean(): the "
+     "features have different means.", dict(centre="all")),
+    ("row means + column means counts the grand mean twice: subtract x.mean((0, 1), keepdim=True) once.",
+     dict(fit="no grand mean")),
+    ("fit f(a) AND g(b): the row means alone are the best f(a), without g(b).", dict(fit="a only")),
+    ("x.mean(1) (the mean over b) is a function of a, so it varies down the rows: keep the axes with "
+     "keepdim=True (yours are swapped).", dict(fit="swapped")),
+    ("pool the features: add up every feature's squared residual and every feature's variance, then divide "
+     "once (not the mean of per-feature shares).", dict(pooled=False)),
+]
+
+
+@guarded("additive_share")
+def check_additive_share(fn: Callable) -> None:
+    """fn(x [p, p, d]) -> the share (a Python float) of x's variance, pooled over the d features, that the
+    least-squares f(a) + g(b) explains."""
+    __tracebackhide__ = True
+    name = "additive_share"
+    plans = [(13, 4, 0.5, 0.2), (23, 3, 0.0, 0.0), (113, 6, 0.3, 0.1), (7, 2, 2.0, 0.0)]
+    cases = [(f"x = f(a) + g(b) + {product}·u(a)·v(b) + noise {noise} over a {p} × {p} grid, {d} features of "
+              "different means and scales", sum_and_products(p, d, product, noise, seed))
+             for seed, (p, d, product, noise) in enumerate(plans)]
+    wants = [_mechanism.additive_share(x) for _, x in cases]
+    answers = [expect_number(name, call(name, fn, x, on=on, names=["x"]), want, what="the additive share", on=on,
+                             atol=math.inf) for (on, x), want in zip(cases, wants)]
+    for (on, x), got, want in zip(cases, answers, wants):
+        if abs(got - want) > 1e-6:
+            variants = [(hint, [_share_with(case, **knobs) for _, case in cases]) for hint, knobs in _SHARE_MISTAKES]
+            hint = explaining_mistake(answers, variants, lambda g, w: abs(g - w) <= 1e-6)
+            if hint is None and abs(got - want) < 1e-3:
+                hint = "right only to float32 precision: compute in float64 (x.double())."
+            fail(name, f"the additive share = {got:.6g}; expected {want:.6g}.", on, hint)
+    passed("additive_share fits the best f(a) + g(b) and measures the share of the variance it explains.")
 
 
 # --- neurons ------------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from utils.metrics import loss_fn as reference_loss_fn
 
 __all__ = ["grid_ab", "raw_waves", "wave", "random_model", "tiny_setup", "logit_cases", "ablation_logits",
            "ch4_logit_cases", "memorising_logits", "planted_embedding", "embedding_cases", "planted_circuit",
-           "key_frequency_cases", "cosine_logits", "planted_neurons", "accuracy_table", "ramp", "outcome_cases"]
+           "key_frequency_cases", "cosine_logits", "planted_neurons", "sum_and_products", "accuracy_table", "ramp",
+           "outcome_cases"]
 
 
 # --- grids and waves ----------------------------------------------------------------------------------------
@@ -211,6 +212,18 @@ def planted_neurons(p: int, k: int, seed: int) -> torch.Tensor:
                torch.randn(p, p, generator=g, dtype=torch.float64),
                torch.full((p, p), 2.0, dtype=torch.float64)]
     return torch.stack(neurons, -1)
+
+
+def sum_and_products(p: int, d: int, product: float, noise: float, seed: int) -> torch.Tensor:
+    """A grid [p (a), p (b), d]: f(a) + g(b) + product·u(a)·v(b) + noise, with features of different means and
+    scales (so pooled and per-feature shares differ, and each feature must be centred on its own)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    scales = torch.linspace(0.5, 3.0, d, dtype=torch.float64)  # [d]
+    f, u = rand(p, 1, d), rand(p, 1, d)  # functions of a
+    h, v = rand(1, p, d), rand(1, p, d)  # functions of b
+    means = 4 * rand(d) + 2.0  # an offset per feature
+    return scales * (f + h + product * u * v + noise * rand(p, p, d)) + means
 
 
 # --- chapter 6: metrics tables ------------------------------------------------------------------------------
