@@ -15,7 +15,7 @@ import torch
 from utils import REPO_ROOT
 from utils.data import make_dataset, train_test_split
 from utils.model import CheckpointError, make_model, model_config
-from utils.train import (TrainConfig, fast_logits, get_run, load_run, loss_fn, main, train,
+from utils.train import (MIN_TRAIN_PAIRS, TrainConfig, fast_logits, get_run, load_run, loss_fn, main, train,
                          trainable_params)
 
 TINY = dict(p=23, frac_train=0.5, d_model=32, n_heads=2, d_mlp=64, lr=3e-3, weight_decay=1.0,
@@ -168,6 +168,22 @@ def test_presets_hold_the_papers_and_the_workshop_hyperparameters():
     assert (paper.lr, paper.weight_decay, paper.frac_train, paper.betas, paper.steps) == (1e-3, 1.0, 0.3, (0.9, 0.98), 40_000)
     workshop = TrainConfig.preset("workshop", seed=3)
     assert workshop.seed == 3 and workshop.key() != TrainConfig.preset("workshop").key()
+
+
+@pytest.mark.parametrize("p", [3, 23, 53, 59, 61, 67, 71, 113, 127])
+def test_workshop_preset_trains_on_enough_pairs_for_small_moduli(p):
+    cfg = TrainConfig.preset("workshop", p=p)
+    pairs = round(cfg.frac_train * p * p)
+    assert cfg.frac_train == 0.3 or pairs >= MIN_TRAIN_PAIRS["workshop"] or cfg.frac_train == 0.5
+    assert cfg.frac_train >= 0.3 and round(cfg.frac_train, 2) == cfg.frac_train
+    if cfg.frac_train > 0.3:  # the smallest whole percentage that holds enough pairs, or the 50% cap
+        assert cfg.frac_train == 0.5 or round((cfg.frac_train - 0.01) * p * p) < MIN_TRAIN_PAIRS["workshop"]
+
+
+def test_an_explicit_data_fraction_overrides_the_presets_minimum():
+    assert TrainConfig.preset("workshop", p=59, frac_train=0.3).frac_train == 0.3
+    assert TrainConfig.preset("paper", p=59).frac_train == 0.3  # the paper's preset trains as the paper did
+    assert TrainConfig.preset("workshop").frac_train == 0.3  # the course's own run (p = 113) is unchanged
 
 
 def test_reusing_a_run_directory_with_another_config_is_refused(tmp_path):
