@@ -161,3 +161,11 @@ def test_fourier_basis_is_float64_by_default():
 def test_significant_frequencies_refuses_a_threshold_outside_0_1():
     with pytest.raises(ValueError, match="rel_threshold"):
         fourier.significant_frequencies(torch.ones(3), rel_threshold=1.5)
+
+
+def test_key_frequencies_refuses_a_model_with_a_nan_weight_and_names_it():
+    model = make_model(model_config(p=23, d_model=16, n_heads=2, d_mlp=16))
+    with torch.no_grad():
+        model.embed.W_E[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="embed.W_E hold NaN"):
+        fourier.key_frequencies(model)

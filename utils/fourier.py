@@ -156,6 +156,10 @@ def key_frequencies(model: HookedTransformer) -> list[int]:
     far above a near-zero floor, and the largest ratio between consecutive sorted shares finds that edge.
     Chapters 2 and 4 confirm the set by ablation (`utils.claims`).
     """
+    broken = [name for name, w in model.named_parameters() if not torch.isfinite(w).all()]
+    if broken:
+        raise ValueError(f"key_frequencies: the model's {', '.join(broken)} hold NaN or infinite values, so its "
+                         "frequencies mean nothing; reload or retrain the model (a diverged run?)")
     return largest_gap(output_frequency_norms(model))
 
 
