@@ -509,10 +509,6 @@ def test_every_course_exercise_is_rated_and_has_folded_hints():
 
 
 MAX_CODE_LINE = 88  # characters per code line in a course notebook (the project's limit)
-# Notebooks not yet reformatted to MAX_CODE_LINE. TODO(lead): empty this list once 03_algorithm's new
-# section has landed and its long lines are broken (`python -m tools.same_code` shows that only the layout
-# changed); strict=True makes the test fail as a reminder then.
-LONG_LINES_PENDING = {"solutions/03_algorithm.ipynb", "chapters/03_algorithm.ipynb"}
 
 
 def long_code_lines(nb: nbformat.NotebookNode, limit: int = MAX_CODE_LINE) -> list[str]:
@@ -528,12 +524,8 @@ def test_long_code_lines_are_reported_with_their_cell_and_line():
     assert long_code_lines(nb) == [f"cell long-one, line 2 (96 characters): y = '{'a' * 90}'"]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="long lines not yet broken: see LONG_LINES_PENDING"))
-    if name in LONG_LINES_PENDING else name
-    for name in sorted(str(path.relative_to(ROOT)) for path in
-                       course_notebooks() + sorted((ROOT / "book").glob("*.ipynb")))])
+@pytest.mark.parametrize("name", sorted(str(path.relative_to(ROOT)) for path in
+                                        course_notebooks() + sorted((ROOT / "book").glob("*.ipynb"))))
 def test_course_notebook_code_lines_fit_88_characters(name: str):
     too_long = long_code_lines(read(ROOT / name))
     assert not too_long, (f"{name}: {len(too_long)} code line(s) longer than {MAX_CODE_LINE} characters "
