@@ -533,6 +533,35 @@ def test_course_notebook_code_lines_fit_88_characters(name: str):
                           "`python -m tools.notebooks generate`):\n" + "\n".join(too_long))
 
 
+IMAGE_TARGET = re.compile(r"!\[[^\]]*\]\(\s*<?(?P<md>[^)\s>]+)|<img\b[^>]*\bsrc=[\"'](?P<html>[^\"']+)")
+
+
+def local_images(nb: nbformat.NotebookNode) -> list[str]:
+    """Every image a markdown cell shows from a file next to the notebook (a relative path)."""
+    return [f"cell {cell.get('id', index)}: {target}" for index, cell in enumerate(nb.cells)
+            if cell.cell_type == "markdown" for match in IMAGE_TARGET.finditer(cell.source)
+            for target in [match["md"] or match["html"]]
+            if not re.match(r"(https?|data|attachment):", target)]
+
+
+def test_images_by_relative_path_are_found_in_markdown_and_html():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("![a diagram](../book/_static/d.svg), [a link](../book/glossary.md)",
+                                      id="md"),
+        nbformat.v4.new_markdown_cell('<img alt="x" src="pic.png"> ![badge](https://example.org/b.svg)',
+                                      id="html"),
+        code("# ![not markdown](x.svg)", id="code")])
+    assert local_images(nb) == ["cell md: ../book/_static/d.svg", "cell html: pic.png"]
+
+
+@pytest.mark.parametrize("path", course_notebooks(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_course_notebooks_show_no_image_by_a_relative_path(path: Path):
+    """Colab opens a notebook alone, without the files beside it; a diagram belongs in a code cell that
+    reads it from the course (utils.REPO_ROOT), as chapter 3 shows model-and-algorithm.svg."""
+    found = local_images(read(path))
+    assert not found, (f"{path.name}: image(s) by a relative path, broken in Colab:\n" + "\n".join(found))
+
+
 def test_same_code_accepts_a_reflow_and_rejects_a_changed_program_or_a_broken_stub():
     before = {"a": 'x = f(1, 2)  # a long comment\nprint(f"{x} and " "more")',
               "b": STUB_AND_SOLUTION, "c": 'def g():\n    """One line."""\n    return 1'}
