@@ -509,10 +509,6 @@ def test_every_course_exercise_is_rated_and_has_folded_hints():
 
 
 MAX_CODE_LINE = 88  # characters per code line in a course notebook (the project's limit)
-# Notebooks not yet reformatted to MAX_CODE_LINE. TODO(lead): empty this list once 03_algorithm's new
-# section has landed and its long lines are broken (`python -m tools.same_code` shows that only the layout
-# changed); strict=True makes the test fail as a reminder then.
-LONG_LINES_PENDING = {"solutions/03_algorithm.ipynb", "chapters/03_algorithm.ipynb"}
 
 
 def long_code_lines(nb: nbformat.NotebookNode, limit: int = MAX_CODE_LINE) -> list[str]:
@@ -528,17 +524,42 @@ def test_long_code_lines_are_reported_with_their_cell_and_line():
     assert long_code_lines(nb) == [f"cell long-one, line 2 (96 characters): y = '{'a' * 90}'"]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="long lines not yet broken: see LONG_LINES_PENDING"))
-    if name in LONG_LINES_PENDING else name
-    for name in sorted(str(path.relative_to(ROOT)) for path in
-                       course_notebooks() + sorted((ROOT / "book").glob("*.ipynb")))])
+@pytest.mark.parametrize("name", sorted(str(path.relative_to(ROOT)) for path in
+                                        course_notebooks() + sorted((ROOT / "book").glob("*.ipynb"))))
 def test_course_notebook_code_lines_fit_88_characters(name: str):
     too_long = long_code_lines(read(ROOT / name))
     assert not too_long, (f"{name}: {len(too_long)} code line(s) longer than {MAX_CODE_LINE} characters "
                           "(break them inside parentheses; chapters/ follows solutions/ through "
                           "`python -m tools.notebooks generate`):\n" + "\n".join(too_long))
+
+
+IMAGE_TARGET = re.compile(r"!\[[^\]]*\]\(\s*<?(?P<md>[^)\s>]+)|<img\b[^>]*\bsrc=[\"'](?P<html>[^\"']+)")
+
+
+def local_images(nb: nbformat.NotebookNode) -> list[str]:
+    """Every image a markdown cell shows from a file next to the notebook (a relative path)."""
+    return [f"cell {cell.get('id', index)}: {target}" for index, cell in enumerate(nb.cells)
+            if cell.cell_type == "markdown" for match in IMAGE_TARGET.finditer(cell.source)
+            for target in [match["md"] or match["html"]]
+            if not re.match(r"(https?|data|attachment):", target)]
+
+
+def test_images_by_relative_path_are_found_in_markdown_and_html():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("![a diagram](../book/_static/d.svg), [a link](../book/glossary.md)",
+                                      id="md"),
+        nbformat.v4.new_markdown_cell('<img alt="x" src="pic.png"> ![badge](https://example.org/b.svg)',
+                                      id="html"),
+        code("# ![not markdown](x.svg)", id="code")])
+    assert local_images(nb) == ["cell md: ../book/_static/d.svg", "cell html: pic.png"]
+
+
+@pytest.mark.parametrize("path", course_notebooks(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_course_notebooks_show_no_image_by_a_relative_path(path: Path):
+    """Colab opens a notebook alone, without the files beside it; a diagram belongs in a code cell that
+    reads it from the course (utils.REPO_ROOT), as chapter 3 shows model-and-algorithm.svg."""
+    found = local_images(read(path))
+    assert not found, (f"{path.name}: image(s) by a relative path, broken in Colab:\n" + "\n".join(found))
 
 
 def test_same_code_accepts_a_reflow_and_rejects_a_changed_program_or_a_broken_stub():
