@@ -1,7 +1,7 @@
 """The benchmark results the README shows are the ones on file, not typed by hand."""
 import json
 
-from benchmarks import sweep_presets
+from benchmarks import soak, sweep_presets
 from utils import REPO_ROOT
 
 
@@ -15,3 +15,12 @@ def test_readme_sweep_table_is_generated_from_the_results_file():
 
 def test_sweep_never_trains_the_courses_own_run():
     assert (113, 0) not in sweep_presets.PAIRS and len(set(sweep_presets.PAIRS)) >= 16
+
+
+def test_readme_soak_summary_is_generated_from_the_results_file():
+    results = json.loads((soak.RESULTS / "soak.json").read_text())["results"]
+    text = (REPO_ROOT / "README.md").read_text()
+    assert soak.readme_with_summary(text, results) == text, \
+        "README.md's soak summary differs from benchmarks/results/soak.json: run " \
+        "`.venv/bin/python benchmarks/soak.py --readme`"
+    assert all(r["ok"] and r["kills_after_training_resumed"] >= 20 for r in results)
