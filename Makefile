@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 BOOK_BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-.PHONY: book test colab-check notebooks check-notebooks train benchmark record offline clean help
+.PHONY: book test colab-check notebooks check-notebooks train benchmark gpu-check record offline clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -38,6 +38,9 @@ train: $(STAMP)  ## train (or load) the workshop run in runs/
 benchmark: $(STAMP)  ## measure training speed, time to grok and batched training; writes benchmarks/results/*.json
 	$(PY) benchmarks/train_speed.py
 	test ! -f benchmarks/train_many.py || $(PY) benchmarks/train_many.py
+
+gpu-check: $(STAMP)  ## on a CUDA machine: the benchmarks, the paper's run and every chapter on the GPU (8 min); writes benchmarks/results/*_cuda.json
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 record:  ## after `make test`: copy its records (chapter times, check messages) to book/records/ for the instructor guide
 	test -f artifacts/chapter_times.json && test -f artifacts/check_messages.json || \

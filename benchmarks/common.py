@@ -39,7 +39,7 @@ def interleaved_ms(loops: dict[str, Callable[[], None]], rounds: int, per_round:
                    warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per call of each loop, after `warmup` calls each (compilation), measured in interleaved
     rounds of `per_round` calls so that a noisy machine slows every loop alike. On a GPU each call is waited for."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync = _synchronize_gpus if torch.cuda.is_available() else (lambda: None)
     for step in loops.values():
         for _ in range(warmup):
             step()
@@ -53,6 +53,12 @@ def interleaved_ms(loops: dict[str, Callable[[], None]], rounds: int, per_round:
                 sync()
                 times[name].append(1000 * (time.perf_counter() - start))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _synchronize_gpus() -> None:
+    """Wait for every GPU (torch.cuda.synchronize() alone waits for the current one, cuda:0, only)."""
+    for index in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(index)
 
 
 def machine() -> dict[str, object]:

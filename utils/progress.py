@@ -175,7 +175,7 @@ def batched_logits(params: dict[str, torch.Tensor]) -> torch.Tensor:
     P = {name: value.float() for name, value in params.items()}
     W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]  # [n, p+1, d], [n, 3, d]
     p, d_head = W_E.shape[1] - 1, P["blocks.0.attn.W_Q"].shape[-1]
-    zero = lambda name, shape: P.get(name, torch.zeros(shape))  # noqa: E731  (a model without that bias)
+    zero = lambda name, shape: P.get(name, W_E.new_zeros(shape))  # noqa: E731  (a model without that bias)
     n, n_heads = W_E.shape[0], P["blocks.0.attn.W_Q"].shape[1]
     b_Q, b_K, b_V = (zero(f"blocks.0.attn.b_{x}", (n, n_heads, d_head))[:, None] for x in "QKV")  # [n, 1, h, e]
     x = torch.stack([W_E[:, :p] + W_pos[:, None, 0], W_E[:, :p] + W_pos[:, None, 1],  # [n, 3, p, d]: token t at

@@ -921,8 +921,17 @@ class BatchedAdamW:
         self.exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
         self.steps = 0  # updates done so far (the same for every model of a batch)
-        device = next(iter(params.values())).device
-        self._per_model = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+        self.device = next(iter(params.values())).device
+
+    def _per_model(self, *rows: list[float]) -> tuple[torch.Tensor, ...]:
+        """Each row of per-model values as a float32 tensor [M] on the weights' device, all in one copy.
+
+        On a GPU the copy leaves from pinned memory without waiting: a plain copy from a CPU tensor waits until
+        the GPU has done all its queued work, which would stall every step (the values change every step)."""
+        values = torch.tensor(rows, dtype=torch.float32)  # [rows, M]
+        if self.device.type == "cuda":
+            values = values.pin_memory().to(self.device, non_blocking=True)
+        return values.unbind(0)
 
     def lrs(self, step: int) -> list[float]:
         """Each model's learning rate at `step` (0-based): linear warm-up, then constant, as in `train`."""
@@ -932,13 +941,14 @@ class BatchedAdamW:
     def step(self, lrs: list[float]) -> None:
         self.steps += 1
         t = self.steps
-        decay = self._per_model([1 - lr * c.weight_decay for lr, c in zip(lrs, self.cfgs)])
         # (1 - beta) in double precision, then rounded, as torch does with its Python-float arguments
-        one_minus_beta1 = self._per_model([1 - c.betas[0] for c in self.cfgs])
-        beta2 = self._per_model([c.betas[1] for c in self.cfgs])
-        one_minus_beta2 = self._per_model([1 - c.betas[1] for c in self.cfgs])
-        step_size = self._per_model([lr / (1 - c.betas[0] ** t) for lr, c in zip(lrs, self.cfgs)])
-        bc2_sqrt = self._per_model([(1 - c.betas[1] ** t) ** 0.5 for c in self.cfgs])
+        decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt = self._per_model(
+            [1 - lr * c.weight_decay for lr, c in zip(lrs, self.cfgs)],
+            [1 - c.betas[0] for c in self.cfgs],
+            [c.betas[1] for c in self.cfgs],
+            [1 - c.betas[1] for c in self.cfgs],
+            [lr / (1 - c.betas[0] ** t) for lr, c in zip(lrs, self.cfgs)],
+            [(1 - c.betas[1] ** t) ** 0.5 for c in self.cfgs])
         for name, w in self.params.items():
             shape = (-1,) + (1,) * (w.ndim - 1)  # broadcast a per-model value over one model's weights
             grad, m, v = w.grad, self.exp_avg[name], self.exp_avg_sq[name]
