@@ -74,3 +74,12 @@ def test_phases_from_measures_read_the_excluded_loss_and_the_weight_norm():
 def test_phases_from_measures_refuse_curves_with_no_circuit():
     with pytest.raises(ValueError, match="never rises"):
         progress.phases_from_measures(_curves([5.0, 4.0, 3.0, 2.0, 1.0], [5, 4, 3, 2, 1]))
+
+
+def test_order_of_phases_asks_for_the_evidence_of_the_order_the_run_took():
+    paper_order = dict(circuit=0.5, rest=7.0, excluded_start=0.4)  # the rest dominates after memorisation
+    assert claims.order_of_phases(**paper_order, excluded_then=8.0, rise=20.0, peak=12.0).holds
+    assert not claims.order_of_phases(**paper_order, excluded_then=0.6, rise=1.5, peak=12.0).holds
+    early = dict(circuit=12.0, rest=8.0, excluded_then=8.7, rise=1.2)  # the circuit already dominates
+    assert claims.order_of_phases(**early, excluded_start=7.2, peak=9.3).holds
+    assert not claims.order_of_phases(**early, excluded_start=2.0, peak=9.3).holds
