@@ -58,7 +58,7 @@ def measure(p: int, seed: int, out: Path) -> dict:
         cleanup_end = phase_boundaries(m.step, m.test_loss).cleanup_end
     except ValueError:
         cleanup_end = None
-    return {"p": p, "seed": seed, "memorised_at": memorised, "grokked_at": grokked,
+    return {"p": p, "seed": seed, "train_pairs": len(run.train_idx), "memorised_at": memorised, "grokked_at": grokked,
             "plateau_ratio": round(grokked / memorised, 1) if grokked and memorised else None,
             "cleanup_end": cleanup_end, "stopped_at": run.final_step, "stop_reason": run.stop_reason,
             "final_test_acc": float(m.test_acc.iloc[-1]),
@@ -68,15 +68,17 @@ def measure(p: int, seed: int, out: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The results as a Markdown table."""
-    lines = ["| p | seed | memorised (train ≥ 99%) | grokked (test ≥ 99.9%) | plateau ratio | cleanup ends | "
-             "stopped at (why) | training s | outcome |", "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    lines = ["| p | seed | train pairs | memorised (train ≥ 99%) | grokked (test ≥ 99.9%) | plateau ratio | "
+             "cleanup ends | stopped at (why) | final test accuracy | training s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['p']} | {r['seed']} | error | | | | | {r['wall_s']:.0f} | |")
+            lines.append(f"| {r['p']} | {r['seed']} | | error | | | | | | {r['wall_s']:.0f} |")
             continue
-        lines.append(f"| {r['p']} | {r['seed']} | {r['memorised_at']} | {r['grokked_at']} | {r['plateau_ratio']}× | "
-                     f"{r['cleanup_end']} | {r['stopped_at']:,} ({r['stop_reason']}) | {r['training_s']:.0f} | "
-                     f"{r['outcome']} |")
+        ratio = f"{r['plateau_ratio']}×" if r["plateau_ratio"] else "—"
+        lines.append(f"| {r['p']} | {r['seed']} | {r.get('train_pairs', '?')} | {r['memorised_at']} | "
+                     f"{r['grokked_at'] or 'never'} | {ratio} | {r['cleanup_end']} | {r['stopped_at']:,} "
+                     f"({r['stop_reason']}) | {r['final_test_acc']:.2%} | {r['training_s']:.0f} |")
     return "\n".join(lines)
 
 
