@@ -1,7 +1,8 @@
-"""What the benchmark scripts share: the trainer's step as a loop to time, timing loops side by side, and a
-description of the machine they ran on."""
+"""What the benchmark scripts share: the trainer's step as a loop to time, timing loops side by side, a
+description of the machine they ran on, and the README blocks generated from their results."""
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -62,7 +63,28 @@ def _synchronize_gpus() -> None:
 
 
 def machine() -> dict[str, object]:
-    """The threads torch uses, its version, Python's and the processor: enough to tell two results' machines apart."""
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
+    """The cores, the threads torch uses, its version, Python's and the processor: enough to tell two results'
+    machines apart."""
+    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def machine_words(result: dict) -> str:
+    """The machine a results file records, in words (what it does not record is said to be missing)."""
+    m = result["machine"]
+    cores, threads = m.get("cores", m.get("cpu_count")), m.get("threads")
+    device = result.get("device") or ("cuda" if m.get("gpu") else "cpu")  # files before "device": CPU ones
+    return ", ".join([device + (f" ({m['gpu']})" if m.get("gpu") else ""),
+                      f"{cores} cores" if cores else "cores not recorded",
+                      f"{threads} thread{'s' * (threads != 1)}" if threads else "threads not recorded",
+                      f"torch {m['torch']}"])
+
+
+def replace_block(text: str, begin: str, end: str, block: str) -> str:
+    """`text` (README.md) with what lies between the marker lines `begin` and `end` replaced by `block`."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"README.md must hold the markers {begin!r} and then {end!r}, once each: put them back "
+                         "around the generated block")
+    head, rest = text.split(begin)
+    return f"{head}{begin}\n{block}\n{end}{rest.split(end)[1]}"

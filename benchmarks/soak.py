@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import replace_block  # noqa: E402
 from utils.train import TrainConfig, load_run, trainable_params  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -149,10 +150,7 @@ def summary(results: list[dict]) -> str:
 
 def readme_with_summary(text: str, results: list[dict]) -> str:
     """README.md's text with the block between BEGIN and END replaced by the soak's summary."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"README.md must hold the markers {BEGIN!r} and {END!r} once each")
-    head, rest = text.split(BEGIN)
-    return f"{head}{BEGIN}\n{summary(results)}\n{END}{rest.split(END)[1]}"
+    return replace_block(text, BEGIN, END, summary(results))
 
 
 def main() -> int:

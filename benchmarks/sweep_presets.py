@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, replace_block  # noqa: E402
 from utils.outcomes import first_step, outcome  # noqa: E402
 from utils.progress import phase_boundaries  # noqa: E402
 from utils.train import TrainConfig, load_run  # noqa: E402
@@ -92,11 +92,7 @@ def summary(result: dict) -> str:
 
 def readme_with_table(text: str, result: dict) -> str:
     """README.md's text with the block between BEGIN and END replaced by the results' table."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"README.md must hold the markers {BEGIN!r} and {END!r} once each")
-    head, rest = text.split(BEGIN)
-    tail = rest.split(END)[1]
-    return f"{head}{BEGIN}\n{table(result['rows'])}\n\n{summary(result)}\n{END}{tail}"
+    return replace_block(text, BEGIN, END, f"{table(result['rows'])}\n\n{summary(result)}")
 
 
 def main() -> int:

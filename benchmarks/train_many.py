@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/train_many.py            # prints a table, writes benchmarks/results/train_many.json
     .venv/bin/python benchmarks/train_many.py --device cuda   # the same on a GPU: results/train_many_cuda.json
     .venv/bin/python benchmarks/train_many.py --quick    # step times only, no full training
+    .venv/bin/python benchmarks/train_many.py --readme   # write results/train_many.json's figures into README.md
 
-The set is chapter 6's (utils.train.robustness_config, ROBUSTNESS_MODULI and ROBUSTNESS_SEEDS, which the chapter
-uses too): the workshop preset with a larger learning rate and weight decay, 4 seeds × 2 moduli; for timing, each
-run trains a fixed budget (stop rule off): 1,000 steps for p = 113 and 1,500 for p = 97. Two measurements:
+The set is chapter 6's (utils.train.robustness_config for every modulus in ROBUSTNESS_MODULI and seed in
+ROBUSTNESS_SEEDS, as the chapter builds it): the workshop preset with ROBUSTNESS_OVERRIDES (a larger learning rate
+and weight decay). The chapter's runs stop by the preset's stop rule, each at its own step; here, so that both ways
+do the same work, the stop rule is off and every run trains a fixed number of steps per modulus (STEPS below, or
+--steps). Two measurements:
 - ms per step: one training step of every run in the set, batched (`utils.train.train_many`: one step per
   modulus, each for 4 models at once) vs one step of each run as `utils.train.train` takes it (compiled fast path,
   fused AdamW), and the batched step with torch.compile (off by default in train_many).
@@ -25,8 +28,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import default_device, fast_loop, interleaved_ms, machine  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import (default_device, fast_loop, interleaved_ms, machine, machine_words,  # noqa: E402
+                               replace_block)
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
 from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, BatchedAdamW, Compiled,  # noqa: E402
@@ -34,8 +39,14 @@ from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, Batch
                          trainable_params)
 
 RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
+README = ROOT / "README.md"
+BEGIN, END = "<!-- train_many figures: begin (benchmarks/train_many.py --readme) -->", \
+    "<!-- train_many figures: end -->"
+LABELS = {"one after another (train)": "one after another (`train`, compiled)",
+          "batched (train_many, default)": "batched (`train_many`, eager, the default)",
+          "batched, torch.compile": "batched, `torch.compile`"}  # the README's words for the rows
 SEEDS, MODULI = ROBUSTNESS_SEEDS, ROBUSTNESS_MODULI  # chapter 6's robustness set
-STEPS = {97: 1500, 113: 1000}  # the fixed budget each run trains here, for timing: modulus → steps
+STEPS = {97: 1500, 113: 1000}  # the fixed budget each run trains here (stop rule off), for timing: modulus → steps
 
 
 def robustness_set(steps: int | None = None) -> list[TrainConfig]:
@@ -92,17 +103,68 @@ def total_times(cfgs: list[TrainConfig], device: str) -> dict[str, float]:
             "same_final_test_acc": same}
 
 
+def verdict(result: dict) -> str:
+    """What the figures say about batching, in words that follow them (batching can win or lose)."""
+    rows = {r["how"]: r for r in result["rows"]}
+    batched, compiled = rows["batched (train_many, default)"], rows.get("batched, torch.compile")
+    ratio = batched["ratio_to_one_after_another"]
+    said = ("Batching did not pay here" if ratio > 1 else "Batching paid here" if ratio < 1 else
+            "Batching made no difference here")
+    said += (f": one batched step of the whole set took {ratio:.2f}× the time of the {result['set']['runs']} runs' "
+             "steps one after another")
+    if result.get("total_ratio") is not None:
+        said += f", and training the whole set from scratch {result['total_ratio']:.2f}× the time"
+    if ratio > 1 and result.get("device", "cpu") == "cpu":  # files before "device" were CPU ones
+        said += (" (on a CPU the work is arithmetic, which stacking the models does not reduce, and `train` "
+                 "compiles its step while `train_many` by default does not)")
+    said += "."
+    if compiled:
+        faster = compiled["ms_per_step"] < batched["ms_per_step"]
+        said += (f" `torch.compile` made the batched step {'faster' if faster else 'slower'} "
+                 f"({compiled['ms_per_step']:.1f} ms against {batched['ms_per_step']:.1f} ms).")
+    same, runs = result.get("runs_with_same_final_test_acc"), result["set"]["runs"]
+    if same is not None:
+        said += f" {same} of {runs} runs ended with the same final test accuracy (within 1%) both ways."
+    return said
+
+
+def readme_block(result: dict) -> str:
+    """The README's figures: where they come from, what was trained, the table, what it says."""
+    steps = ", ".join(f"{int(s):,} for p = {p}" for p, s in result["set"]["steps"].items())
+    lines = [f"Measured by `benchmarks/train_many.py`, read from `benchmarks/results/train_many.json` "
+             f"({machine_words(result)}): {result['set']['runs']} runs (p = "
+             f"{', '.join(map(str, result['set']['moduli']))}; seeds {', '.join(map(str, result['set']['seeds']))}), "
+             f"each trained for a fixed number of steps: {steps}.", "",
+             "| how | ms per step of the whole set | ratio | whole set from scratch |", "|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        total = "—" if r["total_s"] is None else f"{r['total_s']:.1f} s"
+        lines.append(f"| {LABELS.get(r['how'], r['how'])} | {r['ms_per_step']:.1f} | "
+                     f"{r['ratio_to_one_after_another']:.2f}× | {total} |")
+    return "\n".join(lines + ["", verdict(result)])
+
+
+def readme_with_figures(text: str, result: dict) -> str:
+    """README.md's text with the block between BEGIN and END replaced by the results' figures."""
+    return replace_block(text, BEGIN, END, readme_block(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="step times only (fewer rounds), no full training")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps of every run for the total time (default: the chapter's, " +
+                        help="steps of every run, stop rule off (default: " +
                         ", ".join(f"{s} for p = {p}" for p, s in STEPS.items()) + ")")
     parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if there is one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the JSON (default: results/train_many.json on a CPU, "
                         "results/train_many_cuda.json on a GPU; with --quick nothing unless --out is given)")
+    parser.add_argument("--readme", action="store_true",
+                        help="write the figures from results/train_many.json into README.md (runs nothing)")
     args = parser.parse_args()
+    if args.readme:
+        result = json.loads((RESULTS / "train_many.json").read_text())
+        README.write_text(readme_with_figures(README.read_text(), result))
+        return
     torch.set_flush_denormal(True)  # a CPU setting (the CPU loops' subnormals); the GPU is unaffected
     cfgs = robustness_set(args.steps)
     per_step = step_times(cfgs, rounds=3 if args.quick else 6, device=args.device)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_speed.py            # prints a table, writes benchmarks/results/train_speed.json
     .venv/bin/python benchmarks/train_speed.py --quick    # fewer repeats, no time-to-grok run
     .venv/bin/python benchmarks/train_speed.py --device cuda  # on a GPU: writes results/train_speed_cuda.json
+    .venv/bin/python benchmarks/train_speed.py --readme   # write results/train_speed.json's figures into README.md
 
 The loops run in turns (a few steps of each, repeated) so a noisy machine slows them alike; the table
 reports the median milliseconds per full-batch step (p = 113, 30% of pairs, the workshop preset's optimiser).
@@ -18,13 +19,20 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import default_device, fast_loop, interleaved_ms, machine  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import (default_device, fast_loop, interleaved_ms, machine, machine_words,  # noqa: E402
+                               replace_block)
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
 from utils.train import TrainConfig, model_cfg, loss_fn, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"  # CPU; train_speed_cuda.json: GPU
+README = ROOT / "README.md"
+BEGIN, END = "<!-- train_speed figures: begin (benchmarks/train_speed.py --readme) -->", \
+    "<!-- train_speed figures: end -->"
+LABELS = {"HookedTransformer loop": "plain HookedTransformer loop", "fast, eager": "fast trainer, eager",
+          "fast, torch.compile (default)": "fast trainer, `torch.compile` (default)"}  # the README's words
 
 
 def plain_loop(cfg: TrainConfig, device: str = "cpu"):
@@ -58,17 +66,59 @@ def time_to_grok(cfg: TrainConfig, device: str = "cpu") -> dict:
             "plateau_over_memorisation": round(plateau_end / memorised, 1) if plateau_end and memorised else None,
             "test_acc_99_step": first(m.test_acc >= 0.99), "test_acc_999_step": grok_step,
             "wall_s_to_grok": round(m.elapsed_s[m.step == grok_step].item(), 1) if grok_step is not None else None,
-            "final_test_acc": float(m.test_acc.iloc[-1])}
+            "final_test_acc": float(m.test_acc.iloc[-1]), "stopped_at": run.final_step,
+            "stop_reason": run.stop_reason}
+
+
+def _step(step: int | None) -> str:
+    return "never" if step is None else f"{step:,}"
+
+
+def grok_sentence(g: dict) -> str:
+    """The time-to-grok run in one sentence."""
+    if "stop_reason" in g:
+        ending = (f"the run ended at step {g['stopped_at']:,} ({g['stop_reason']}; at most {g['steps']:,} steps) "
+                  f"after {g['wall_s']} s")
+    else:  # files written before the stop rule: every run trained all its steps
+        ending = (f"the whole {g['steps']:,}-step run took {g['wall_s']} s (the file records no stop reason: it "
+                  "predates the stop rule; rerun the benchmark for the preset as it is now)")
+    plateau = f" ({g['plateau_over_memorisation']}× the memorisation time)" if g["plateau_over_memorisation"] else ""
+    grokked = "" if g["wall_s_to_grok"] is None else f", {g['wall_s_to_grok']} s after the start"
+    return (f"Workshop preset from scratch (compile included): train accuracy ≥ 99% at step "
+            f"{_step(g['train_acc_99_step'])}; test accuracy below 20% until step {_step(g['test_acc_20_step'])}"
+            f"{plateau}; test accuracy ≥ 99% at step {_step(g['test_acc_99_step'])} and ≥ 99.9% at step "
+            f"{_step(g['test_acc_999_step'])}{grokked}; final test accuracy {g['final_test_acc']:.2%}; {ending}.")
+
+
+def readme_block(result: dict) -> str:
+    """The README's figures: where they come from, the table of loops, the time-to-grok run."""
+    lines = [f"Measured by `benchmarks/train_speed.py`, read from `benchmarks/results/{RESULTS.name}` "
+             f"({machine_words(result)}):", "", "| loop | ms per full-batch step | speed-up |", "|---|---:|---:|"]
+    lines += [f"| {LABELS.get(r['loop'], r['loop'])} | {r['ms_per_step']:.1f} | {r['speedup']:.2f}× |"
+              for r in result["step_time"]]
+    if result.get("time_to_grok"):
+        lines += ["", grok_sentence(result["time_to_grok"])]
+    return "\n".join(lines)
+
+
+def readme_with_figures(text: str, result: dict) -> str:
+    """README.md's text with the block between BEGIN and END replaced by the results' figures."""
+    return replace_block(text, BEGIN, END, readme_block(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and no time-to-grok run")
+    parser.add_argument("--readme", action="store_true",
+                        help="write the figures from results/train_speed.json into README.md (runs nothing)")
     parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if there is one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the JSON (default: results/train_speed.json on a CPU, "
                         "results/train_speed_cuda.json on a GPU; with --quick nothing unless --out is given)")
     args = parser.parse_args()
+    if args.readme:
+        README.write_text(readme_with_figures(README.read_text(), json.loads(RESULTS.read_text())))
+        return
     if args.device != "cpu":
         torch.zeros(1, device=args.device)  # fail now, with torch's message, if the device is not there
     torch.set_flush_denormal(True)  # a CPU setting (the CPU loops' subnormals); the GPU is unaffected
@@ -79,7 +129,7 @@ def main() -> None:
     ms = interleaved_ms(loops, rounds=3 if args.quick else 8, per_round=5)  # warm-up (compilation) excluded
     base = ms["HookedTransformer loop"]
     rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2)} for name, t in ms.items()]
-    result = {"machine": machine(), "device": args.device, "step_time": rows,
+    result = {"machine": machine(), "device": args.device, "config": cfg.to_dict(), "step_time": rows,
               "time_to_grok": None if args.quick else time_to_grok(cfg, args.device)}
 
     print(f"\nms per full-batch training step (p={cfg.p}, {len(train_test_split(cfg.p, cfg.frac_train, 0)[0])} pairs, "
@@ -88,11 +138,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x")
     if result["time_to_grok"]:
-        g = result["time_to_grok"]
-        print(f"\nworkshop preset ({g['steps']} steps): train acc ≥ 99% at step {g['train_acc_99_step']}; test acc "
-              f"< 20% until step {g['test_acc_20_step']} ({g['plateau_over_memorisation']}x the memorisation time); "
-              f"test acc ≥ 99% at step {g['test_acc_99_step']}, ≥ 99.9% at step {g['test_acc_999_step']} "
-              f"({g['wall_s_to_grok']} s); whole run {g['wall_s']} s, final test acc {g['final_test_acc']:.2%}")
+        print("\n" + grok_sentence(result["time_to_grok"]))
     path = args.out or (None if args.quick else RESULTS if args.device == "cpu" else
                         RESULTS.with_name(f"train_speed_{torch.device(args.device).type}.json"))
     if path is not None:
