@@ -122,15 +122,20 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def run_benchmark(ctx: Context, name: str) -> dict:
+    """Run benchmarks/<name>.py on the device (--quick in a dry run); its results JSON."""
+    raw = ctx.work / f"{name}.json"
+    cmd = [sys.executable, f"benchmarks/{name}.py", "--device", ctx.device,
+           "--out", str(raw)] + (["--quick"] if ctx.quick else [])
+    code, output = run_process(ctx, name, cmd)
+    check_exit(code, output, f"benchmarks/{name}.py")
+    return read_json(raw)
+
+
 # --- the steps -----------------------------------------------------------------------
 def step_train_speed(ctx: Context) -> tuple[str, dict]:
     """benchmarks/train_speed.py on the device."""
-    raw = ctx.work / "train_speed.json"
-    cmd = [sys.executable, "benchmarks/train_speed.py", "--device", ctx.device,
-           "--out", str(raw)] + (["--quick"] if ctx.quick else [])
-    code, output = run_process(ctx, "train_speed", cmd)
-    check_exit(code, output, "benchmarks/train_speed.py")
-    result = read_json(raw)
+    result = run_benchmark(ctx, "train_speed")
     fast = next(row for row in result["step_time"] if "compile" in row["loop"])
     figure = (f"compiled step {fast['ms_per_step']:.1f} ms, {fast['speedup']:.1f}x "
               "the HookedTransformer loop")
@@ -187,12 +192,7 @@ def step_paper(ctx: Context) -> tuple[str, dict]:
 
 def step_train_many(ctx: Context) -> tuple[str, dict]:
     """benchmarks/train_many.py on the device: batched vs one after another."""
-    raw = ctx.work / "train_many.json"
-    cmd = [sys.executable, "benchmarks/train_many.py", "--device", ctx.device,
-           "--out", str(raw)] + (["--quick"] if ctx.quick else [])
-    code, output = run_process(ctx, "train_many", cmd)
-    check_exit(code, output, "benchmarks/train_many.py")
-    result = read_json(raw)
+    result = run_benchmark(ctx, "train_many")
     rows = {row["how"]: row for row in result["rows"]}
     batched = rows["batched (train_many, default)"]
     figure = (f"batched step {batched['ratio_to_one_after_another']:.2f}x the time of "
