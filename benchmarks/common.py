@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 
 from utils.data import make_dataset, train_test_split
-from utils.model import make_model
-from utils.train import TrainConfig, Compiled, model_cfg, train_loss, trainable_params
+from utils.train import Compiled, TrainConfig, run_model, trainable_params
+from utils.train.single import one_run_loss
 
 
 def default_device() -> str:
@@ -20,18 +20,17 @@ def default_device() -> str:
 
 
 def fast_loop(cfg: TrainConfig, compile: bool, device: str = "cpu") -> Callable[[], None]:
-    """One training step as `utils.train.train` takes it: lookup tables, last position only, fused AdamW,
-    optionally torch.compile."""
-    params = trainable_params(make_model(model_cfg(cfg, device)))
+    """One training step as `utils.train.train` takes it (its loss, fused AdamW, optionally torch.compile)."""
+    params = trainable_params(run_model(cfg, device))
     tokens, labels = (t.to(device) for t in make_dataset(cfg.p, cfg.op))
     idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0].to(device)
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
-    loss = Compiled(train_loss, compile)
+    loss = Compiled(one_run_loss, compile)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss(params, a, b, y).backward()
+        loss(params, a, b, y, cfg.attention_rate).backward()
         opt.step()
     return step
 

@@ -33,10 +33,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (default_device, fast_loop, interleaved_ms, machine, machine_words,  # noqa: E402
                                replace_block)
 from utils.data import make_dataset, train_test_split  # noqa: E402
-from utils.model import make_model  # noqa: E402
-from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, BatchedAdamW, Compiled,  # noqa: E402
-                         many_train_loss, model_cfg, batches, robustness_config, train, train_many,
-                         trainable_params)
+from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, Compiled, TrainConfig, batches,  # noqa: E402
+                         robustness_config, run_model, train, train_loss, train_many, trainable_params)
+from utils.train.adamw import BatchedAdamW  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"  # train_many.json (CPU), train_many_cuda.json (GPU)
 README = ROOT / "README.md"
@@ -56,7 +55,7 @@ def robustness_set(steps: int | None = None) -> list[TrainConfig]:
 
 def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "cpu"):
     """One step of compatible configs as `train_many` takes it: stacked weights, batched AdamW."""
-    models = [trainable_params(make_model(model_cfg(c, device))) for c in cfgs]
+    models = [trainable_params(run_model(c, device)) for c in cfgs]
     params = {k: torch.stack([m[k].detach() for m in models]).requires_grad_(True) for k in models[0]}
     tokens, labels = (t.to(device) for t in make_dataset(cfgs[0].p, cfgs[0].op))
     splits = [train_test_split(c.p, c.frac_train, c.seed)[0].to(device) for c in cfgs]
@@ -65,7 +64,7 @@ def batched_step(cfgs: list[TrainConfig], compile: bool = False, device: str = "
     weights = torch.stack([(torch.arange(n, device=device) < len(s)).double() for s in splits])
     a, b, y = tokens[idx, 0], tokens[idx, 1], labels[idx]
     opt = BatchedAdamW(params, cfgs)
-    loss = Compiled(many_train_loss, compile)
+    loss = Compiled(train_loss, compile)
 
     def step() -> None:
         for w in params.values():

@@ -13,14 +13,14 @@ if str(REPO_ROOT) not in sys.path:
 def interrupt_after(monkeypatch):
     """arm(step): make the trainer stop (KeyboardInterrupt) right after it saved state.pt at `step`; arm returns a
     function that disarms it."""
-    import utils.train as T
-    real_save = T._atomic_save
+    import utils.train.store as S
+    real_save = S.atomic_save
 
     def arm(step: int):
         def save_then_stop(obj, path):
             real_save(obj, path)
             if path.name == "state.pt" and obj["step"] == step:
                 raise KeyboardInterrupt
-        monkeypatch.setattr(T, "_atomic_save", save_then_stop)
-        return lambda: monkeypatch.setattr(T, "_atomic_save", real_save)
+        monkeypatch.setattr(S, "atomic_save", save_then_stop)
+        return lambda: monkeypatch.setattr(S, "atomic_save", real_save)
     return arm

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {  # top-level name under utils/ → layer; a module may import from its own layer or below
     "data": 0, "metrics": 0, "fourier": 0, "stability": 0,
-    "model": 1,
+    "model": 1, "forward": 1,
     "train": 2, "original": 2, "mechanism": 2, "ablation": 2, "progress": 2, "outcomes": 2, "claims": 2, "pizza": 2,
     "plotting": 3,
     "checks": 4,

@@ -15,7 +15,7 @@ import torch
 from utils import REPO_ROOT
 from utils.data import make_dataset, train_test_split
 from utils.model import CheckpointError, make_model, model_config
-from utils.train import (MIN_TRAIN_PAIRS, TrainConfig, fast_logits, get_run, load_run, loss_fn, main, train,
+from utils.train import (MIN_TRAIN_PAIRS, TrainConfig, get_run, load_run, loss_fn, main, train,
                          trainable_params)
 
 TINY = dict(p=23, frac_train=0.5, d_model=32, n_heads=2, d_mlp=64, lr=3e-3, weight_decay=1.0,
@@ -34,29 +34,6 @@ def run_python(code: str, env_extra: dict | None = None, **kwargs) -> subprocess
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GROKKING_COMPILE": "0", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-# --- the fast path computes exactly what HookedTransformer computes ------------------------------
-@pytest.mark.parametrize("p, d_model, n_heads, d_mlp", [(113, 128, 4, 512), (31, 48, 3, 80)])
-def test_fast_logits_and_gradients_match_hooked_transformer(p, d_model, n_heads, d_mlp):
-    model = make_model(model_config(p=p, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, seed=7))
-    params = trainable_params(model)
-    with torch.no_grad():  # sharpen the random weights so attention is far from uniform
-        for w in params.values():
-            w.mul_(3)
-    tokens, labels = make_dataset(p)
-    idx = train_test_split(p, 0.3, 0)[0]
-    reference = model(tokens[idx])[:, -1]
-    fast = fast_logits(params, tokens[idx, 0], tokens[idx, 1])
-    assert (fast - reference).abs().max() / reference.abs().max() <= 1e-5
-
-    loss_fn(reference, labels[idx]).backward()
-    expected = {k: w.grad.clone() for k, w in params.items()}
-    for w in params.values():
-        w.grad = None
-    loss_fn(fast_logits(params, tokens[idx, 0], tokens[idx, 1]), labels[idx]).backward()
-    for name, w in params.items():
-        assert (w.grad - expected[name]).norm() / expected[name].norm() <= 1e-5, name
 
 
 def test_loss_is_float64_and_resolves_tiny_losses():
@@ -86,12 +63,13 @@ def test_training_starts_from_make_model_and_final_weights_load_into_it(tmp_path
 KILL_AFTER_CHECKPOINT = """
     import os, signal, sys, torch
     import utils.train as T
-    real_save = T._atomic_save
+    import utils.train.store as S
+    real_save = S.atomic_save
     def save_then_die(obj, path):
         real_save(obj, path)
         if path.name == "state.pt" and obj["step"] >= {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a real crash
-    T._atomic_save = save_then_die
+    S.atomic_save = save_then_die
     T.train(T.TrainConfig.from_dict({cfg}), sys.argv[1] if len(sys.argv) > 1 else {run_dir!r}, compile=False, progress=False)
 """
 
@@ -124,7 +102,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
             if str(dst).endswith("state.pt") and torch.load(src, weights_only=True)["step"] == 80:
                 os.kill(os.getpid(), signal.SIGKILL)  # the new file is written but not yet in place
             real_replace(src, dst)
-        T.os.replace = die_before_rename
+        os.replace = die_before_rename
         T.train(T.TrainConfig.from_dict({cfg}), {run_dir!r}, compile=False, progress=False)
     """.format(cfg=cfg.to_dict(), run_dir=str(tmp_path / "run"))
     proc = run_python(code)
@@ -223,12 +201,13 @@ def test_get_run_trains_once_and_then_loads_from_the_cache(tmp_path, monkeypatch
 def test_two_processes_asking_for_the_same_run_train_it_once(tmp_path):
     code = """
         import utils.train as T
-        real_train = T.train
+        import utils.train.single as single
+        real_train = single.train
         def counting_train(*args, **kwargs):
             with open({log!r}, "a") as f:
                 f.write("trained\\n")
             return real_train(*args, **kwargs)
-        T.train = counting_train
+        single.train = counting_train  # what get_run calls
         run = T.get_run(T.TrainConfig.from_dict({cfg}), progress=False)
         print(run.run_dir)
     """.format(log=str(tmp_path / "log"), cfg=tiny().to_dict())
@@ -273,6 +252,7 @@ def test_progress_bar_redraws_about_once_a_second_however_often_it_evaluates(tmp
     import tqdm as tqdm_module
 
     import utils.train as train_module
+    import utils.train.loop as loop_module
     draws = []
 
     class CountingBar(tqdm_module.tqdm):
@@ -280,7 +260,7 @@ def test_progress_bar_redraws_about_once_a_second_however_often_it_evaluates(tmp
             draws.append(time.monotonic())
             return super().display(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "tqdm", CountingBar)
+    monkeypatch.setattr(loop_module, "tqdm", CountingBar)
     cfg = tiny(steps=300, eval_every=1, checkpoint_every=300)
     start = time.monotonic()
     if many:
@@ -308,12 +288,13 @@ def stopped(proc: subprocess.Popen, timeout: float = 120) -> bool:
 PAUSE_AT = """
     import os, signal, sys
     import utils.train as T
-    real_save = T._atomic_save
+    import utils.train.store as S
+    real_save = S.atomic_save
     def save_then_pause(obj, path):
         real_save(obj, path)
         if path.name == "state.pt" and obj["step"] == {pause_at}:
             os.kill(os.getpid(), signal.SIGSTOP)  # a paused writer (Ctrl-Z, a laptop asleep, a debugger)
-    T._atomic_save = save_then_pause
+    S.atomic_save = save_then_pause
     T.train(T.TrainConfig.from_dict({cfg}), {run_dir!r}, compile=False, progress=False)
 """
 
@@ -326,7 +307,8 @@ def test_a_second_writer_waits_for_the_first_and_never_rewrites_a_finished_run(t
     assert stopped(paused), paused.communicate()
     second = run_python(f"""
         import utils.train as T
-        T.LOCK_NOTICE_S = 0.5
+        import utils.train.store as S
+        S.LOCK_NOTICE_S = 0.5
         run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=True)
         print("final step", run.final_step)
     """)
@@ -352,14 +334,14 @@ def test_training_a_finished_run_again_returns_it_untouched(tmp_path, capsys):
 
 
 def test_get_run_waiting_for_a_lock_says_which_process_holds_it(tmp_path, monkeypatch, capsys):
-    import utils.train as T
+    import utils.train.store as S
     monkeypatch.setenv("GROKKING_RUNS_DIR", str(tmp_path))
-    monkeypatch.setattr(T, "LOCK_NOTICE_S", 0.2)
+    monkeypatch.setattr(S, "LOCK_NOTICE_S", 0.2)
     cfg = tiny(steps=10)
     holder = run_python(f"""
         import sys, time
-        import utils.train as T
-        lock = T._acquire(T.Path({str(tmp_path / cfg.run_name())!r}))
+        import utils.train.store as S
+        lock = S.acquire(S.Path({str(tmp_path / cfg.run_name())!r}))
         print("held", flush=True)
         time.sleep(3)
     """)

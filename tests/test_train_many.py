@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import utils.train as T
-from utils.train import (TrainConfig, UnfinishedRunError, batches, get_run, get_runs, load_run, many_logits, fast_logits, train,
+import utils.train.many as M
+import utils.train.store as S
+from utils.train.adamw import BatchedAdamW
+from utils.train import (TrainConfig, UnfinishedRunError, batches, get_run, get_runs, load_run, train,
                          train_many, trainable_params)
 from utils.data import make_dataset
 
@@ -23,6 +26,18 @@ def weights(run) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainable_params(run.model).items()}
 
 
+def record_batches(monkeypatch) -> list[list[TrainConfig]]:
+    """Make train_many record the configs of each batch it trains (in the order it trains them)."""
+    seen = []
+
+    class Recording(M._Batch):
+        def __init__(self, cfgs, *args):
+            seen.append(list(cfgs))
+            super().__init__(cfgs, *args)
+    monkeypatch.setattr(M, "_Batch", Recording)
+    return seen
+
+
 def assert_same_run(batched, alone):
     """Same config, checkpoints, weights and metrics, up to float rounding (sums run in another order)."""
     assert batched.config == alone.config and batched.checkpoint_steps == alone.checkpoint_steps
@@ -32,24 +47,7 @@ def assert_same_run(batched, alone):
     pd.testing.assert_frame_equal(batched.metrics[SAME], alone.metrics[SAME], rtol=1e-4, atol=1e-6)
 
 
-# --- the batched maths is the single-run maths ---------------------------------------------------------
-def test_many_logits_equal_fast_logits_for_each_stacked_model():
-    cfgs = [tiny(p=23, seed=s) for s in range(3)]
-    singles = [trainable_params(T.make_model(T.model_cfg(c))) for c in cfgs]
-    with torch.no_grad():  # sharpen the random weights so attention is far from uniform
-        for params in singles:
-            for w in params.values():
-                w.mul_(3)
-    stacked = {k: torch.stack([params[k] for params in singles]) for k in singles[0]}
-    tokens, _ = make_dataset(23)
-    a, b = tokens[:, 0], tokens[:, 1]
-    order = torch.stack([torch.randperm(len(a), generator=torch.Generator().manual_seed(s)) for s in range(3)])
-    logits = many_logits(stacked, a[order], b[order])  # each model sees the pairs in its own order
-    for i, params in enumerate(singles):
-        reference = fast_logits(params, a[order[i]], b[order[i]])
-        assert (logits[i] - reference).abs().max() <= 1e-5 * reference.abs().max()
-
-
+# --- batched training is training each run alone -------------------------------------------------------
 def test_batched_runs_equal_runs_trained_alone_with_their_own_lr_decay_fraction_and_seed(tmp_path):
     # (Moderate learning rates: at lr 1e-2 a ReLU that sits exactly at 0 can switch on in one run and not in the
     # other because of a rounding difference, and Adam turns that into a visible step. That is not a bug.)
@@ -106,16 +104,16 @@ def test_crashed_batch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     cfgs = [tiny(seed=s) for s in range(2)]
     dirs = [tmp_path / f"run{s}" for s in range(2)]
     reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
-    real_save = T._atomic_save
+    real_save = S.atomic_save
 
     def crash_after_step_20(obj, path):
         real_save(obj, path)
         if path.name == "state.pt" and obj["step"] == 20 and path.parent == dirs[-1]:
             raise KeyboardInterrupt  # after both runs saved step 20
-    monkeypatch.setattr(T, "_atomic_save", crash_after_step_20)
+    monkeypatch.setattr(S, "atomic_save", crash_after_step_20)
     with pytest.raises(KeyboardInterrupt):
         train_many(cfgs, dirs, compile=False, progress=False)
-    monkeypatch.setattr(T, "_atomic_save", real_save)
+    monkeypatch.setattr(S, "atomic_save", real_save)
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
     for run, ref in zip(resumed, reference):
         assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
@@ -128,35 +126,28 @@ def test_incompatible_configs_train_in_separate_batches_and_come_back_in_order(t
     cfgs = [short(seed=0), short(p=13), short(seed=1, lr=1e-2), short(op="subtract"), short(d_mlp=48), short(steps=20),
             short(n_heads=4), short(checkpoint_every=5)]
     assert batches(cfgs) == [[0, 2, 3], [1], [4], [5], [6], [7]]  # another operation only changes the labels
-    sizes = []
-    real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args))[1])
+    seen = record_batches(monkeypatch)
     runs = train_many(cfgs, [tmp_path / str(i) for i in range(len(cfgs))], compile=False, progress=False)
-    assert sorted(sizes) == [1, 1, 1, 1, 1, 3]
+    assert sorted(len(batch) for batch in seen) == [1, 1, 1, 1, 1, 3]
     assert [run.config for run in runs] == cfgs
     assert_same_run(runs[3], train(cfgs[3], tmp_path / "sub", compile=False, progress=False))
 
 
 def test_training_sets_of_very_different_sizes_train_in_separate_batches(tmp_path, monkeypatch):
-    fractions = []
-    real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch",
-                        lambda cfgs, *args: (fractions.append([c.frac_train for c in cfgs]), real(cfgs, *args))[1])
+    seen = record_batches(monkeypatch)
     cfgs = [tiny(frac_train=f, steps=10) for f in (0.3, 0.7, 0.65, 0.32, 0.5)]  # 87, 202, 188, 92, 144 pairs
     train_many(cfgs, [tmp_path / str(i) for i in range(5)], compile=False, progress=False)
-    assert fractions == [[0.7, 0.65], [0.5], [0.32, 0.3]]  # each batch within 20% of its largest set
-    fractions.clear()
+    assert [[c.frac_train for c in batch] for batch in seen] == [[0.7, 0.65], [0.5], [0.32, 0.3]]  # within 20%
+    seen.clear()
     train_many(cfgs, [tmp_path / f"all{i}" for i in range(5)], compile=False, progress=False, max_padding=1.0)
-    assert fractions == [[0.7, 0.65, 0.5, 0.32, 0.3]]
+    assert [[c.frac_train for c in batch] for batch in seen] == [[0.7, 0.65, 0.5, 0.32, 0.3]]
 
 
 def test_max_models_splits_a_batch(tmp_path, monkeypatch):
-    sizes = []
-    real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (sizes.append(len(cfgs)), real(cfgs, *args))[1])
+    seen = record_batches(monkeypatch)
     train_many([tiny(seed=s, steps=10) for s in range(5)], [tmp_path / str(s) for s in range(5)],
                compile=False, progress=False, max_models=2)
-    assert sizes == [2, 2, 1]
+    assert [len(batch) for batch in seen] == [2, 2, 1]
 
 
 # --- the cache ----------------------------------------------------------------------------------------------
@@ -165,9 +156,7 @@ def test_get_runs_loads_cached_runs_and_trains_only_the_missing_ones_batched(tmp
     monkeypatch.setenv("GROKKING_COMPILE", "0")
     cached = get_run(tiny(seed=0, steps=20), progress=False)
     mtime = (cached.run_dir / "state.pt").stat().st_mtime_ns
-    trained = []
-    real = T._train_batch
-    monkeypatch.setattr(T, "_train_batch", lambda cfgs, *args: (trained.append(cfgs), real(cfgs, *args))[1])
+    trained = record_batches(monkeypatch)
     cfgs = [tiny(seed=s, steps=20) for s in (2, 0, 1, 2)]  # one cached, one asked for twice
     runs = get_runs(cfgs, progress=False)
     assert [sorted(c.seed for c in batch) for batch in trained] == [[1, 2]]
@@ -229,7 +218,7 @@ def test_batched_adamw_is_torch_adamw_with_per_model_hyperparameters():
     g = torch.Generator().manual_seed(0)
     start = {"w": torch.randn(3, 5, 4, generator=g), "v": torch.randn(3, 7, generator=g)}
     stacked = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    batched = T.BatchedAdamW(stacked, cfgs)
+    batched = BatchedAdamW(stacked, cfgs)
     singles = [{k: v[i].clone().requires_grad_(True) for k, v in start.items()} for i in range(3)]
     torch_adamw = [torch.optim.AdamW(s.values(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
                    for s, c in zip(singles, cfgs)]

@@ -15,12 +15,19 @@ def _select(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None
     return (logits, labels) if idx is None else (logits[..., idx, :], labels[idx])
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy (float64) over the inputs idx, for every leading index: [..., n, p], [n] → [...]."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy (float64) over the inputs idx, for every leading index: [..., n, p], [..., n] → [...].
+
+    labels may be shared ([n]) or one row per leading index; weights [..., n] make it a weighted mean (a stack of
+    runs with training sets of different sizes pads them with weight-0 rows).
+    """
     logits, labels = _select(logits, labels, idx)
     log_probs = logits.double().log_softmax(-1)
     picked = log_probs.gather(-1, labels.expand(*log_probs.shape[:-1])[..., None])[..., 0]  # [..., n]
-    return -picked.mean(-1)
+    if weights is None:
+        return -picked.mean(-1)
+    return -(picked * weights).sum(-1) / weights.sum(-1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:

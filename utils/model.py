@@ -18,7 +18,8 @@ from utils.data import OPERATIONS, check_p
 __all__ = ["HookedTransformer", "HookedTransformerConfig", "model_config", "make_model", "bias_names",
            "load_original_checkpoint", "read_original_checkpoint", "export_original_checkpoint",
            "OriginalCheckpoint", "ORIGINAL_MASK", "CheckpointError", "load_tensor_file", "PATTERN_HOOK", "uniform_attention",
-           "attention_rate_hook", "set_attention_rate"]
+           "attention_rate_hook", "set_attention_rate",
+           "trainable_params"]
 
 
 class CheckpointError(ValueError):
@@ -56,6 +57,11 @@ def make_model(cfg_or_p: HookedTransformerConfig | int = 113) -> HookedTransform
         params[name].requires_grad_(False)
         params[name].data.zero_()
     return model
+
+
+def trainable_params(model: HookedTransformer) -> dict[str, torch.Tensor]:
+    """The weights that train (biases stay frozen at zero), keyed by their HookedTransformer names."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 # --- the attention rate (Zhong et al. 2023, "The Clock and the Pizza") ---------------------------

@@ -9,8 +9,8 @@
 - `sum_squared_weights`: Σθ², what weight decay pushes down.
 
 `progress_measures(run)` computes them all at every checkpoint at once: it stacks the checkpoints' weights and
-runs the model on all p² inputs for many checkpoints in one batched einsum (`batched_logits`, which the tests
-check against HookedTransformer). `phase_boundaries` reads the paper's three phases off the test loss, `phases_from_measures` off the
+runs the model on all p² inputs for many checkpoints at once (`batched_logits`: utils.forward.logits, which the
+tests check against HookedTransformer). `phase_boundaries` reads the paper's three phases off the test loss, `phases_from_measures` off the
 measures themselves; `utils.plotting.shade_phases` draws them on a figure.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from utils.ablation import frequency_component, keep_frequencies, remove_frequencies, sum_directions
 from utils.data import make_dataset
+from utils import forward
 from utils.fourier import fourier_basis
 from utils.mechanism import model_logits
 from utils.metrics import accuracy, cross_entropy
@@ -166,38 +167,16 @@ def stack_checkpoints(run, steps: Sequence[int] | None = None) -> dict[str, torc
     return stack_models([run.model_at(step) for step in steps])
 
 
-def batched_logits(params: dict[str, torch.Tensor]) -> torch.Tensor:
+def batched_logits(params: dict[str, torch.Tensor], attention_rate: float = 1.0) -> torch.Tensor:
     """Logits at the last position for every input (a, b, =) and every stacked model: [n, p², p] (row a·p + b).
 
-    The same maths as HookedTransformer (one layer, no LayerNorm, biases included), arranged for a batch of
-    models: keys and values at positions 0 and 1 depend on one token each, so they are computed once per token.
+    utils.forward.logits, the one implementation of the model's maths that training uses too, on all p² inputs:
+    keys and values at positions 0 and 1 depend on one token each, so they are computed once per token.
     """
-    P = {name: value.float() for name, value in params.items()}
-    W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]  # [n, p+1, d], [n, 3, d]
-    p, d_head = W_E.shape[1] - 1, P["blocks.0.attn.W_Q"].shape[-1]
-    zero = lambda name, shape: P.get(name, W_E.new_zeros(shape))  # noqa: E731  (a model without that bias)
-    n, n_heads = W_E.shape[0], P["blocks.0.attn.W_Q"].shape[1]
-    b_Q, b_K, b_V = (zero(f"blocks.0.attn.b_{x}", (n, n_heads, d_head))[:, None] for x in "QKV")  # [n, 1, h, e]
-    x = torch.stack([W_E[:, :p] + W_pos[:, None, 0], W_E[:, :p] + W_pos[:, None, 1],  # [n, 3, p, d]: token t at
-                     (W_E[:, p] + W_pos[:, 2])[:, None].expand(-1, p, -1)], 1)  # position 0, 1; "=" at 2
-    q = einops.einsum(x[:, 2, :1], P["blocks.0.attn.W_Q"], "n t d, n h d e -> n t h e") + b_Q  # [n, 1, h, e]
-    k = einops.einsum(x, P["blocks.0.attn.W_K"], "n s t d, n h d e -> n s t h e") + b_K[:, None]
-    v = einops.einsum(x, P["blocks.0.attn.W_V"], "n s t d, n h d e -> n s t h e") + b_V[:, None]
-    scores = einops.einsum(k, q[:, 0], "n s t h e, n h e -> n s t h") / math.sqrt(d_head)  # [n, 3, p, h]
-    out = einops.einsum(v, P["blocks.0.attn.W_O"], "n s t h e, n h e m -> n s t h m")  # each head's output
-    s = torch.stack([scores[:, 0, :, None].expand(-1, -1, p, -1), scores[:, 1, None, :].expand(-1, p, -1, -1),
-                     scores[:, 2, :1, None].expand(-1, p, p, -1)], -1)  # [n, a, b, h, 3]
-    pattern = s.softmax(-1)
-    resid = (x[:, 2, :1, None] + zero("blocks.0.attn.b_O", (n, W_E.shape[-1]))[:, None, None]  # [n, a, b, d]
-             + einops.einsum(pattern[..., 0], out[:, 0], "n a b h, n a h m -> n a b m")
-             + einops.einsum(pattern[..., 1], out[:, 1], "n a b h, n b h m -> n a b m")
-             + einops.einsum(pattern[..., 2], out[:, 2, 0], "n a b h, n h m -> n a b m"))
-    hidden = torch.relu(einops.einsum(resid, P["blocks.0.mlp.W_in"], "n a b d, n d m -> n a b m")
-                        + zero("blocks.0.mlp.b_in", (n, P["blocks.0.mlp.W_in"].shape[-1]))[:, None, None])
-    resid = (resid + einops.einsum(hidden, P["blocks.0.mlp.W_out"], "n a b m, n m d -> n a b d")
-             + zero("blocks.0.mlp.b_out", (n, W_E.shape[-1]))[:, None, None])
-    logits = einops.einsum(resid, P["unembed.W_U"], "n a b d, n d c -> n a b c") + zero("unembed.b_U", (n, p))[:, None, None]
-    return einops.rearrange(logits, "n a b c -> n (a b) c")
+    params = {name: value.float() for name, value in params.items()}
+    W_E = params["embed.W_E"]  # [n, p + 1, d_model]
+    a, b = forward.all_pairs(W_E.shape[1] - 1, W_E.device)
+    return forward.logits(params, a.expand(W_E.shape[0], -1), b.expand(W_E.shape[0], -1), attention_rate)
 
 
 def _logit_measures(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor, test_idx: torch.Tensor,
