@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-__all__ = ["cross_entropy", "accuracy", "loss_fn", "first_step"]
+__all__ = ["cross_entropy", "accuracy", "loss_fn", "first_step", "mean_over_inputs"]
 
 
 def _select(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None):
@@ -25,9 +25,12 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor 
     logits, labels = _select(logits, labels, idx)
     log_probs = logits.double().log_softmax(-1)
     picked = log_probs.gather(-1, labels.expand(*log_probs.shape[:-1])[..., None])[..., 0]  # [..., n]
-    if weights is None:
-        return -picked.mean(-1)
-    return -(picked * weights).sum(-1) / weights.sum(-1)
+    return mean_over_inputs(-picked, weights)
+
+
+def mean_over_inputs(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over the last axis (the inputs), weighted by weights [..., n] if given: [..., n] → [...]."""
+    return values.mean(-1) if weights is None else (values * weights).sum(-1) / weights.sum(-1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:

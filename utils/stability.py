@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.metrics import mean_over_inputs
+
 __all__ = ["collapsed_share", "stablemax", "stablemax_cross_entropy", "orthogonal_gradient", "GradientEMA"]
 
 
@@ -38,32 +40,48 @@ def stablemax(logits: torch.Tensor) -> torch.Tensor:
     return s / s.sum(-1, keepdim=True)
 
 
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean -log StableMax(logits)[label], computed in float64: logits [n, p], labels [n] → a scalar."""
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean -log StableMax(logits)[label] in float64 for every leading index: [..., n, p], labels [n] or [..., n]
+    → [...]; weights [..., n] make it a weighted mean (as utils.metrics.cross_entropy)."""
     s = _s(logits.double())
-    return (s.sum(-1).log() - s.gather(-1, labels[:, None])[:, 0].log()).mean()
+    picked = s.gather(-1, labels.expand(*s.shape[:-1])[..., None])[..., 0]  # [..., n]
+    return mean_over_inputs(s.sum(-1).log() - picked.log(), weights)
 
 
-def orthogonal_gradient(grad: torch.Tensor, weight: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
-    """⊥Grad: grad without its component along weight, rescaled to grad's norm (any shape; one weight tensor).
+def orthogonal_gradient(grad: torch.Tensor, weight: torch.Tensor, models: int = 0,
+                        eps: float = 1e-30) -> torch.Tensor:
+    """⊥Grad: grad without its component along weight, rescaled to grad's norm (same shapes, any shape).
 
     The removed component only grows or shrinks the weight along itself, which scales the logits: the "naive loss
-    minimisation" direction that float32 softmax rewards until it collapses.
+    minimisation" direction that float32 softmax rewards until it collapses. With models = 1 the first axis is a
+    stack of models (utils.train's [M, ...]), each projected on its own.
     """
-    w, g = weight.flatten().double(), grad.flatten().double()
-    projected = g - (g @ w) / (w @ w).clamp_min(eps) * w
-    scale = g.norm() / projected.norm().clamp_min(eps)
+    w, g = weight.flatten(models).double(), grad.flatten(models).double()  # [..., k]
+    along = (g * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True).clamp_min(eps)
+    projected = g - along * w
+    scale = g.norm(dim=-1, keepdim=True) / projected.norm(dim=-1, keepdim=True).clamp_min(eps)
     return (projected * scale).view_as(grad).to(grad.dtype)
 
 
 class GradientEMA:
     """Grokfast's filter: each call adds lamb × the exponential moving average (decay alpha) of the gradients so
-    far, including this one, to the gradient: g ← g + λ·EMA_α(g). Keeps one average per parameter name."""
+    far, including this one, to the gradient: g ← g + λ·EMA_α(g). Keeps one average per parameter name.
 
-    def __init__(self, alpha: float = 0.98, lamb: float = 2.0):
-        if not 0 <= alpha < 1 or lamb < 0:
+    alpha and lamb are numbers, or one per model ([M]) for stacked gradients [M, ...].
+    """
+
+    def __init__(self, alpha: float | torch.Tensor = 0.98, lamb: float | torch.Tensor = 2.0):
+        a, lam = torch.as_tensor(alpha, dtype=torch.float64), torch.as_tensor(lamb, dtype=torch.float64)
+        if not (bool(((0 <= a) & (a < 1)).all()) and bool((lam >= 0).all())):
             raise ValueError(f"GradientEMA needs 0 ≤ alpha < 1 and lamb ≥ 0, got alpha={alpha}, lamb={lamb}")
         self.alpha, self.lamb, self.average = alpha, lamb, {}
+
+    def _per_model(self, value: float | torch.Tensor, grad: torch.Tensor) -> float | torch.Tensor:
+        """A number as it is; one value per model shaped to broadcast over a stacked gradient [M, ...]."""
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.to(grad).view(-1, *(1,) * (grad.ndim - 1))
 
     @torch.no_grad()
     def __call__(self, name: str, grad: torch.Tensor) -> torch.Tensor:
@@ -71,5 +89,6 @@ class GradientEMA:
         if name not in self.average:
             self.average[name] = grad.clone()
         else:
-            self.average[name].mul_(self.alpha).add_(grad, alpha=1 - self.alpha)
-        return grad + self.lamb * self.average[name]
+            alpha = self._per_model(self.alpha, grad)
+            self.average[name].mul_(alpha).add_(grad * (1 - alpha))
+        return grad + self._per_model(self.lamb, grad) * self.average[name]

@@ -9,7 +9,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from utils.data import OPERATIONS
+import torch
+
+from utils.data import OPERATIONS, train_test_split
 
 __all__ = ["TrainConfig", "PRESETS", "MIN_TRAIN_PAIRS", "preset_fraction", "ROBUSTNESS_MODULI", "ROBUSTNESS_SEEDS",
            "ROBUSTNESS_OVERRIDES", "robustness_config", "P_MAX"]
@@ -34,7 +36,11 @@ MIN_TRAIN_PAIRS = {"workshop": 1500}
 ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS = (97, 113), (0, 1, 2, 3)
 ROBUSTNESS_OVERRIDES = dict(lr=3e-3, weight_decay=3.0, checkpoint_every=100, eval_every=20)
 P_MAX = 509  # the largest modulus: evaluation holds [p², p] logits (float32, and float64 for the loss), ~1.6 GB here
+LATER_FIELDS = {"attention_rate": 1.0, "loss": "cross_entropy", "orthogonal_grad": False, "grokfast_lamb": 0.0,
+                "grokfast_alpha": 0.98, "init_from": "", "keep_train": 1.0}  # fields added later: their defaults
+LOSSES = ("cross_entropy", "stablemax")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a run's label: it becomes part of a folder name
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a cached run's folder name (run_name())
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,14 @@ class TrainConfig:
     n_heads: int = 4
     d_mlp: int = 512
     op: str = "add"
-    attention_rate: float = 1.0  # α: attention α·softmax + (1 - α)·uniform (chapter 8; 1 = ordinary attention)
+    # Chapters 8 and 9's knobs (each in the cache key only when it is not at its default; see key()):
+    attention_rate: float = 1.0  # α: attention α·softmax + (1 - α)·uniform (1 = ordinary attention)
+    loss: str = "cross_entropy"  # the training loss: "cross_entropy" or "stablemax" (metrics stay cross-entropy)
+    orthogonal_grad: bool = False  # ⊥Grad: each weight's gradient without its component along the weight
+    grokfast_lamb: float = 0.0  # Grokfast: g ← g + λ·EMA_α(g) before each update (0: off)
+    grokfast_alpha: float = 0.98  # the EMA's decay α (used when grokfast_lamb > 0)
+    init_from: str = ""  # the run name of a finished cached run whose final weights this run starts from
+    keep_train: float = 1.0  # the share of the seed's training pairs trained on (the test pairs stay the same)
     stop_margin: int = 0  # 0: no early stop; else the stop rule's window in steps (see above)
     stop_test_acc: float = 0.999  # the test accuracy that counts as grokked
     stop_loss_fall: float = 2.0  # cleanup is over when the test loss falls less than this factor per window
@@ -102,12 +115,23 @@ class TrainConfig:
         return {**dataclasses.asdict(self), "betas": list(self.betas)}
 
     def key(self) -> str:
-        """A short hash of every field that affects the weights (the stop rule's only when it is on, the attention
-        rate only when it is not 1: keys made before that field existed stay valid)."""
+        """A short hash of every field that affects the weights: the stop rule's only when it is on, and the
+        knobs added later only when they are not at their defaults (so the keys made before them stay valid)."""
         values = {k: v for k, v in self.to_dict().items()
                   if k != "name" and not (k.startswith("stop_") and self.stop_margin == 0)
-                  and not (k == "attention_rate" and self.attention_rate == 1)}
+                  and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        if self.grokfast_lamb == 0:  # the filter is off: its decay changes nothing
+            values.pop("grokfast_alpha", None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train_idx, test_idx) into the p² pairs: the seed's split, its training pairs cut to keep_train."""
+        train_idx, test_idx = train_test_split(self.p, self.frac_train, self.seed)
+        return train_idx[:self.n_train()], test_idx
+
+    def n_train(self) -> int:
+        """How many pairs the run trains on."""
+        return max(1, round(self.keep_train * round(self.frac_train * self.p ** 2)))
 
     def run_name(self) -> str:
         return f"{self.name}-{self.op}-p{self.p}-seed{self.seed}-{self.key()}"
@@ -159,8 +183,7 @@ def _validate(cfg: TrainConfig) -> None:
     need(is_int(cfg.warmup_steps) and cfg.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
     need(cfg.d_model % cfg.n_heads == 0, "d_model", f"divisible by n_heads={cfg.n_heads}")
     need(isinstance(cfg.op, str) and cfg.op in OPERATIONS, "op", f"one of {sorted(OPERATIONS)}")
-    need(is_number(cfg.attention_rate) and 0 <= cfg.attention_rate <= 1, "attention_rate",
-         "a number in [0, 1] (1: ordinary attention, 0: uniform attention)")
+    _validate_knobs(cfg, need, is_number)
     need(is_int(cfg.stop_margin) and cfg.stop_margin >= 0, "stop_margin", "an integer ≥ 0 (0: no early stop)")
     need(cfg.stop_margin % cfg.eval_every == 0, "stop_margin", f"a multiple of eval_every={cfg.eval_every}")
     need(is_number(cfg.stop_test_acc) and 0 < cfg.stop_test_acc <= 1, "stop_test_acc", "in (0, 1]")
@@ -169,3 +192,17 @@ def _validate(cfg: TrainConfig) -> None:
          "a plain label of at most 64 letters, digits, '_', '-' or '.' (no path separators, no '..'), "
          "starting with a letter or digit")
 
+
+
+def _validate_knobs(cfg: TrainConfig, need, is_number) -> None:
+    """The checks on chapters 8 and 9's fields (see _validate)."""
+    need(is_number(cfg.attention_rate) and 0 <= cfg.attention_rate <= 1, "attention_rate",
+         "a number in [0, 1] (1: ordinary attention, 0: uniform attention)")
+    need(cfg.loss in LOSSES, "loss", f"one of {list(LOSSES)}")
+    need(isinstance(cfg.orthogonal_grad, bool), "orthogonal_grad", "True or False")
+    need(is_number(cfg.grokfast_lamb) and 0 <= cfg.grokfast_lamb < math.inf, "grokfast_lamb", "a number ≥ 0 (0: off)")
+    need(is_number(cfg.grokfast_alpha) and 0 <= cfg.grokfast_alpha < 1, "grokfast_alpha", "a number in [0, 1)")
+    need(isinstance(cfg.init_from, str) and (cfg.init_from == "" or (
+        RUN_NAME_PATTERN.fullmatch(cfg.init_from) is not None and ".." not in cfg.init_from)), "init_from",
+         "'' or the run name of a finished cached run (its folder's name under runs/, e.g. run.run_dir.name)")
+    need(is_number(cfg.keep_train) and 0 < cfg.keep_train <= 1, "keep_train", "in (0, 1]")

@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 
 from utils.forward import logits
 from utils.metrics import accuracy, cross_entropy
+from utils.stability import GradientEMA, orthogonal_gradient, stablemax_cross_entropy
 from utils.train.config import TrainConfig
 from utils.train.store import diverged
 
-__all__ = ["train_loss", "Compiled", "measure", "should_stop", "loop", "check_device"]
+__all__ = ["train_loss", "LOSSES", "GradientKnobs", "Compiled", "measure", "should_stop", "loop", "check_device"]
 
 
 class _FlushSubnormalGrad(torch.autograd.Function):
@@ -36,12 +37,53 @@ class _FlushSubnormalGrad(torch.autograd.Function):
 
 
 
+LOSSES = {"cross_entropy": cross_entropy, "stablemax": stablemax_cross_entropy}  # TrainConfig.loss → function
+
+
 def train_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
-               weights: torch.Tensor | None = None, attention_rate: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """The sum over a stack of models of each one's mean float64 cross-entropy on its inputs a, b, labels [M, n]
-    (weights [M, n]: padding rows weigh 0). Tiny gradients are flushed to zero on their way back (see above)."""
+               weights: torch.Tensor | None = None, attention_rate: float | torch.Tensor = 1.0,
+               loss: str = "cross_entropy") -> torch.Tensor:
+    """The sum over a stack of models of each one's mean float64 loss (cross-entropy, or StableMax's) on its inputs
+    a, b, labels [M, n] (weights [M, n]: padding rows weigh 0). Tiny gradients are flushed to zero on their way back
+    (see above)."""
     out = _FlushSubnormalGrad.apply(logits(params, a, b, attention_rate))
-    return cross_entropy(out, labels, weights=weights).sum()
+    return LOSSES[loss](out, labels, weights=weights).sum()
+
+
+class GradientKnobs:
+    """Chapter 9's changes to the gradients before each update, for a stack of models [M, ...]: ⊥Grad for the
+    models whose config asks for it, then Grokfast's filter (utils.stability). Free when no model uses them.
+
+    The filter's running average is not saved with the run: a resumed Grokfast run starts it again.
+    """
+
+    def __init__(self, cfgs: list[TrainConfig]):
+        self.orthogonal = torch.tensor([c.orthogonal_grad for c in cfgs])
+        lambs = torch.tensor([float(c.grokfast_lamb) for c in cfgs])
+        alphas = torch.tensor([float(c.grokfast_alpha) for c in cfgs])
+        self.ema = GradientEMA(alphas, lambs) if bool((lambs > 0).any()) else None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.orthogonal.any()) or self.ema is not None
+
+    @torch.no_grad()
+    def __call__(self, weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The gradients to update with, for stacked weights and their gradients [M, ...]."""
+        out = {}
+        for name, g in grads.items():
+            if self.orthogonal.any():
+                chosen = self.orthogonal.to(g.device).view(-1, *(1,) * (g.ndim - 1))
+                g = torch.where(chosen, orthogonal_gradient(g, weights[name], models=1), g)
+            out[name] = g if self.ema is None else self.ema(name, g)
+        return out
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with the models `rows` only (a batch whose other models stopped)."""
+        self.orthogonal = self.orthogonal[rows]
+        if self.ema is not None:
+            self.ema.alpha, self.ema.lamb = self.ema.alpha[rows], self.ema.lamb[rows]
+            self.ema.average = {k: v[rows] for k, v in self.ema.average.items()}
 
 
 class Compiled:

@@ -3,7 +3,7 @@
 Several configurations train together: their weights are stacked along a leading model axis [M, ...], one
 forward/backward pass (utils.forward.logits) computes every model's loss (the models never interact: the total loss
 is a sum, so each model's gradient is its own), and a batched AdamW updates them all. Configurations may differ in
-seed, lr, weight decay, betas, warm-up, data fraction, operation and attention rate; training sets of different
+seed, lr, weight decay, betas, warm-up, data, operation, attention rate and gradient knobs; training sets of different
 sizes are padded to a common length with zero-weight rows. Each run is written to its own directory by the same
 RunWriter as `train`, so `load_run`, `get_run` and `train` (to resume) all work on it.
 
@@ -20,20 +20,20 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from utils.data import make_dataset, train_test_split
+from utils.data import make_dataset
 from utils.forward import all_pairs, logits
-from utils.model import trainable_params
 from utils.train.adamw import BatchedAdamW
 from utils.train.config import TrainConfig
-from utils.train.loop import Compiled, check_device, check_finite, loop, measure, should_stop, train_loss
+from utils.train.loop import (Compiled, GradientKnobs, check_device, check_finite, loop, measure, should_stop,
+                              train_loss)
 from utils.train.store import (METRICS, Run, RunWriter, TrainingDivergedError, UnfinishedRunError, acquire,
                                check_cached, finished, load_run, params_for, prepare_dir, read_config, read_state,
-                               run_model, runs_dir)
+                               runs_dir, start_weights)
 
 __all__ = ["train_many", "get_runs", "batches", "BATCH_FIELDS"]
 
 # What must be equal for two configurations to train in the same batch (the tensors' shapes and the loop).
-BATCH_FIELDS = ("p", "d_model", "n_heads", "d_mlp", "steps", "checkpoint_every", "eval_every")
+BATCH_FIELDS = ("p", "d_model", "n_heads", "d_mlp", "steps", "checkpoint_every", "eval_every", "loss")
 
 
 def _batch_key(cfg: TrainConfig) -> tuple:
@@ -111,7 +111,7 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
             groups.setdefault((_batch_key(cfgs[i]), start), []).append(i)
         diverged: list[str] = []
         for members in groups.values():
-            for chunk in _chunks(members, [_n_train(cfgs[i]) for i in members], max_models, max_padding):
+            for chunk in _chunks(members, [cfgs[i].n_train() for i in members], max_models, max_padding):
                 diverged += _Batch([cfgs[i] for i in chunk], [dirs[i] for i in chunk], device, compile).train(progress)
         if diverged:
             raise TrainingDivergedError(f"{len(diverged)} run(s) diverged (the others finished):\n" + "\n".join(diverged))
@@ -119,10 +119,6 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
     finally:
         for lock in held:
             lock.release()
-
-
-def _n_train(cfg: TrainConfig) -> int:
-    return int(round(cfg.frac_train * cfg.p * cfg.p))  # as train_test_split counts them
 
 
 def _chunks(members: list[int], sizes: list[int], max_models: int | None, max_padding: float) -> list[list[int]]:
@@ -150,7 +146,7 @@ class _Batch:
     def __init__(self, cfgs: list[TrainConfig], dirs: list[Path], device: str, compile: bool):
         self.cfgs, self.dirs = list(cfgs), list(dirs)
         states = [read_state(d, c) for d, c in zip(dirs, cfgs)]
-        weights = [trainable_params(run_model(c, device)) for c in cfgs]
+        weights = [start_weights(c, device, fresh=state is None) for c, state in zip(cfgs, states)]
         for w, state, run_dir in zip(weights, states, dirs):
             if state is not None:
                 params_for(w, state["params"], run_dir / "state.pt", run_dir)
@@ -166,13 +162,14 @@ class _Batch:
             self.writers.append(RunWriter(cfg, run_dir, [] if state is None else list(state.get("compiled", []))))
         self.fresh = states[0] is None
         self._data(device)
+        self.knobs = GradientKnobs(self.cfgs)
         self.step_loss, self.diverged, self.clock = Compiled(train_loss, compile), [], time.perf_counter()
 
     def _data(self, device: str) -> None:
         """Every pair (for the metrics) and each model's answers, split and padded training set."""
         self.a, self.b = all_pairs(self.cfgs[0].p, device)  # the inputs are the same for every operation …
         self.labels = torch.stack([make_dataset(c.p, c.op)[1] for c in self.cfgs]).to(device)  # … the answers not
-        self.splits = [tuple(t.to(device) for t in train_test_split(c.p, c.frac_train, c.seed)) for c in self.cfgs]
+        self.splits = [tuple(t.to(device) for t in c.split()) for c in self.cfgs]
         n = max(len(tr) for tr, _ in self.splits)
         self.idx = torch.stack([torch.cat([tr, tr.new_zeros(n - len(tr))]) for tr, _ in self.splits])  # [M, n]
         self.weights = torch.stack([(torch.arange(n, device=device) < len(tr)).double()  # padding weighs 0
@@ -196,7 +193,11 @@ class _Batch:
         for w in self.params.values():
             w.grad = None
         a, b, y = self.a[self.idx], self.b[self.idx], self.labels.gather(1, self.idx)  # [M, n]
-        self.step_loss(self.params, a, b, y, self.weights, self.rate()).backward()
+        self.step_loss(self.params, a, b, y, self.weights, self.rate(), self.cfgs[0].loss).backward()
+        if self.knobs.active:
+            grads = self.knobs(self.params, {k: w.grad for k, w in self.params.items()})
+            for k, w in self.params.items():
+                w.grad = grads[k]
         self.optimizer.step(self.optimizer.lrs(step))
 
     def evaluate(self, step: int) -> bool:
@@ -234,6 +235,7 @@ class _Batch:
         """Go on with models `rows` only (the others stopped or diverged): they never change again."""
         self.params = {k: v.detach()[rows].requires_grad_(True) for k, v in self.params.items()}
         self.optimizer.keep(rows, self.params)
+        self.knobs.keep(rows)
         for name in ("idx", "weights", "labels", "rates"):  # the padded length stays the same
             setattr(self, name, getattr(self, name)[rows])
         for name in self.PER_MODEL:

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import torch
 
-from utils.data import make_dataset, train_test_split
+from utils.data import make_dataset
 from utils.forward import all_pairs, logits, stacked
-from utils.model import trainable_params
 from utils.train.config import TrainConfig
-from utils.train.loop import Compiled, check_device, check_finite, compile_default, loop, measure, should_stop, \
-    train_loss
+from utils.train.loop import (Compiled, GradientKnobs, check_device, check_finite, compile_default, loop, measure,
+                              should_stop, train_loss)
 from utils.train.store import (METRICS, Run, RunWriter, UnfinishedRunError, check_cached, check_optimizer_state,
                                check_run_dir, finished, holding, load_run, params_for, prepare_dir, read_state,
-                               run_model, runs_dir)
+                               runs_dir, start_weights)
 
 __all__ = ["train", "get_run", "one_run_loss", "one_run_logits"]
 
@@ -51,9 +50,9 @@ def train(cfg: TrainConfig | None = None, run_dir: str | Path | None = None, *, 
 
 
 def one_run_loss(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
-                  attention_rate: float) -> torch.Tensor:
+                 attention_rate: float = 1.0, loss: str = "cross_entropy") -> torch.Tensor:
     """train_loss of one run: its weights as a stack of one, its inputs [n]."""
-    return train_loss(stacked(params), a[None], b[None], labels[None], None, attention_rate)
+    return train_loss(stacked(params), a[None], b[None], labels[None], None, attention_rate, loss)
 
 
 def one_run_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
@@ -62,28 +61,28 @@ def one_run_logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Te
     return logits(stacked(params), a, b, attention_rate)
 
 
-def _resume(cfg: TrainConfig, run_dir: Path, params: dict, optimizer: torch.optim.Optimizer) -> dict | None:
-    """Load run_dir's saved weights and optimiser state into params/optimizer (checked); its state, or None."""
-    state = read_state(run_dir, cfg)
-    if state is not None:
-        params_for(params, state["params"], run_dir / "state.pt", run_dir)
-        check_optimizer_state(state["optimizer"], params, state["step"], run_dir / "state.pt", run_dir)
-        optimizer.load_state_dict(state["optimizer"])
-    return state
+def _resume(state: dict, run_dir: Path, params: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Load run_dir's saved weights and optimiser state (its state.pt, read) into params and optimizer, checked."""
+    params_for(params, state["params"], run_dir / "state.pt", run_dir)
+    check_optimizer_state(state["optimizer"], params, state["step"], run_dir / "state.pt", run_dir)
+    optimizer.load_state_dict(state["optimizer"])
 
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, device: str, compile: bool, progress: bool) -> None:
     """train's body: run_dir is prepared and locked. The closures are the loop's four callbacks (see `loop`)."""
-    params = trainable_params(run_model(cfg, device))
+    state = read_state(run_dir, cfg)
+    params = start_weights(cfg, device, fresh=state is None)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=True)
-    state = _resume(cfg, run_dir, params, optimizer)
+    if state is not None:
+        _resume(state, run_dir, params, optimizer)
+    knobs = GradientKnobs([cfg])
     history = {k: [] for k in METRICS} if state is None else state["metrics"]
     start = 0 if state is None else state["step"]
     writer = RunWriter(cfg, run_dir, [] if state is None else list(state.get("compiled", [])))
     a, b = all_pairs(cfg.p, device)
     labels = make_dataset(cfg.p, cfg.op)[1].to(device)
-    split = tuple(t.to(device) for t in train_test_split(cfg.p, cfg.frac_train, cfg.seed))
+    split = tuple(t.to(device) for t in cfg.split())
     a_tr, b_tr, y_tr = a[split[0]], b[split[0]], labels[split[0]]
     step_loss, eval_logits = Compiled(one_run_loss, compile), Compiled(one_run_logits, compile)
     clock = time.perf_counter() - (history["elapsed_s"][-1] if history["elapsed_s"] else 0.0)
@@ -103,7 +102,11 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, device: str, compile: bool, p
         for group in optimizer.param_groups:  # linear warm-up, then constant
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
         optimizer.zero_grad(set_to_none=True)
-        step_loss(params, a_tr, b_tr, y_tr, cfg.attention_rate).backward()
+        step_loss(params, a_tr, b_tr, y_tr, cfg.attention_rate, cfg.loss).backward()
+        if knobs.active:
+            grads = knobs(stacked(params), {k: w.grad[None] for k, w in params.items()})
+            for k, w in params.items():
+                w.grad = grads[k][0]
         optimizer.step()
 
     def postfix() -> dict[str, str]:

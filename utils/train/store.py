@@ -24,12 +24,12 @@ import torch
 from filelock import FileLock, Timeout
 
 from utils import REPO_ROOT
-from utils.data import make_dataset, train_test_split
+from utils.data import make_dataset
 from utils.model import (CheckpointError, HookedTransformer, load_tensor_file, make_model, model_config,
                          set_attention_rate, trainable_params)
 from utils.train.config import TrainConfig
 
-__all__ = ["Run", "load_run", "runs_dir", "RunWriter", "UnfinishedRunError", "TrainingDivergedError", "METRICS",
+__all__ = ["Run", "load_run", "runs_dir", "RunWriter", "start_weights", "UnfinishedRunError", "TrainingDivergedError", "METRICS",
            "STOP_REASONS", "model_cfg"]
 
 METRICS = ["step", "train_loss", "test_loss", "train_acc", "test_acc", "elapsed_s"]  # elapsed_s: training wall time
@@ -229,11 +229,11 @@ class Run:
 
     @property
     def train_idx(self) -> torch.Tensor:
-        return train_test_split(self.config.p, self.config.frac_train, self.config.seed)[0]
+        return self.config.split()[0]
 
     @property
     def test_idx(self) -> torch.Tensor:
-        return train_test_split(self.config.p, self.config.frac_train, self.config.seed)[1]
+        return self.config.split()[1]
 
     def dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All p² inputs and labels (tokens [p², 3], labels [p²])."""
@@ -266,6 +266,26 @@ def model_cfg(cfg: TrainConfig, device: str = "cpu"):
 def run_model(cfg: TrainConfig, device: str = "cpu") -> HookedTransformer:
     """A freshly initialised model for cfg, with its attention rate (a hook) when that is not 1."""
     return set_attention_rate(make_model(model_cfg(cfg, device)), cfg.attention_rate)
+
+
+def start_weights(cfg: TrainConfig, device: str, fresh: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable weights a run starts from: cfg's initialisation or, for a fresh run with cfg.init_from, the
+    final weights of that finished cached run (same architecture required)."""
+    params = trainable_params(run_model(cfg, device))
+    if fresh and cfg.init_from:
+        parent_dir = runs_dir() / cfg.init_from
+        if not (parent_dir / "config.json").exists():
+            raise FileNotFoundError(f"init_from={cfg.init_from!r}: there is no cached run of that name in {runs_dir()}. "
+                                    "Train the parent first (parent = get_run(parent_cfg)) and pass "
+                                    "init_from=parent.run_dir.name.")
+        parent = load_run(parent_dir)
+        shape = ("p", "d_model", "n_heads", "d_mlp")
+        if any(getattr(parent.config, k) != getattr(cfg, k) for k in shape):
+            raise ValueError(f"init_from={cfg.init_from!r} has another architecture than this run "
+                             f"({', '.join(f'{k}={getattr(parent.config, k)}' for k in shape)}): give the run the "
+                             "parent's p, d_model, n_heads and d_mlp.")
+        params_for(params, trainable_params(parent.model), parent_dir / "state.pt", parent_dir)
+    return params
 
 
 def read_config(run_dir: Path) -> TrainConfig:
