@@ -307,8 +307,8 @@ def test_a_second_writer_waits_for_the_first_and_never_rewrites_a_finished_run(t
     assert stopped(paused), paused.communicate()
     second = run_python(f"""
         import utils.train as T
-        import utils.train.store as S
-        S.LOCK_NOTICE_S = 0.5
+        import utils.train.lock as L
+        L.LOCK_NOTICE_S = 0.5
         run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=True)
         print("final step", run.final_step)
     """)
@@ -334,14 +334,15 @@ def test_training_a_finished_run_again_returns_it_untouched(tmp_path, capsys):
 
 
 def test_get_run_waiting_for_a_lock_says_which_process_holds_it(tmp_path, monkeypatch, capsys):
-    import utils.train.store as S
+    import utils.train.lock as L
     monkeypatch.setenv("GROKKING_RUNS_DIR", str(tmp_path))
-    monkeypatch.setattr(S, "LOCK_NOTICE_S", 0.2)
+    monkeypatch.setattr(L, "LOCK_NOTICE_S", 0.2)
     cfg = tiny(steps=10)
     holder = run_python(f"""
         import sys, time
-        import utils.train.store as S
-        lock = S.acquire(S.Path({str(tmp_path / cfg.run_name())!r}))
+        from pathlib import Path
+        import utils.train.lock as L
+        lock = L.acquire(Path({str(tmp_path / cfg.run_name())!r}))
         print("held", flush=True)
         time.sleep(3)
     """)

@@ -108,6 +108,7 @@ def periodicity(model: HookedTransformer, train_idx: torch.Tensor) -> Claims:
 def algorithm(model: HookedTransformer) -> Claims:
     """Chapter 3: the logits are a sum of cosines of w_k(a+b-c), built by neurons that multiply waves (attention
     hands them mostly a sum)."""
+    # Long (47 lines): chapter 3's claims, one after another, each beside the measurement it reads.
     keys = key_frequencies(model)
     p = model.cfg.d_vocab_out
     logits = mechanism.logit_grid(model)
