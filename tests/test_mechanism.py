@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from utils import mechanism
-from utils.fourier import key_frequencies
+from utils.fourier import key_frequencies, output_frequency_norms
 from utils.data import make_dataset
 from utils.model import make_model, model_config
 
@@ -233,7 +233,7 @@ def test_key_frequencies_and_W_L_rank_recover_the_planted_output_frequencies():
     model = planted_W_L_model(P, [2, 7, 10])
     assert key_frequencies(model) == [10, 7, 2]  # sorted by norm: the amplitudes are 1, 2, 3
     assert mechanism.significant_rank(mechanism.W_L(model)) == 6  # 2 per frequency
-    shares = mechanism.W_L_frequency_norms(model)
+    shares = output_frequency_norms(model)
     assert shares.sum() == pytest.approx(1.0) and shares[[1, 6, 9]].sum() == pytest.approx(1.0)
 
 
