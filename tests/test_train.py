@@ -445,6 +445,8 @@ def cli(capsys, *args: str) -> subprocess.CompletedProcess:
     (["--seed", "-1"], "seed must be an integer in"),
     (["--p", "91"], "p must be a prime"),
     (["--p", "1021"], "p must be a prime between 3 and 509"),
+    (["--orthogonal-grad", "maybe"], "expected true or false"),
+    (["--loss", "mse"], "loss must be one of"),
 ])
 def test_cli_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -628,3 +630,13 @@ def test_kill_resume_soak_small(tmp_path, mode):
     from benchmarks.soak import soak
     result = soak(mode, kills=3, workdir=tmp_path, seed=1)
     assert result["ok"], result["problems"]
+
+
+def test_cli_reads_a_yes_no_option_as_a_boolean(tmp_path, capsys):
+    off = cli(capsys, "--p", "23", "--steps", "10", "--checkpoint-every", "10", "--d-mlp", "64", "--no-compile",
+              "--orthogonal-grad", "false", "--out", str(tmp_path / "off"))
+    on = cli(capsys, "--p", "23", "--steps", "10", "--checkpoint-every", "10", "--d-mlp", "64", "--no-compile",
+             "--orthogonal-grad", "true", "--out", str(tmp_path / "on"))
+    assert off.returncode == on.returncode == 0, (off.stderr, on.stderr)
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["orthogonal_grad"] is False
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["orthogonal_grad"] is True
