@@ -26,7 +26,7 @@ class _Rows(torch.autograd.Function):
     """table[m, idx[m, i]] for every model m: [M, t, ...], [M, n] → [M, n, ...]; a fast, deterministic backward.
 
     The backward sums the gradient per token. Compiled, it is a one-hot matrix product: autograd's own backward of
-    indexing is a scatter-add, which compiles to atomic adds on a CPU (slow: ~40% of a step; and the order of the
+    indexing is a scatter-add, which compiles to atomic adds on a CPU (slow, a large share of the step; and the order of the
     additions varies). Eager, it is index_add_ on the flattened table, which a CPU runs serially and fast.
     """
 
