@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,6 +71,21 @@ def time_to_grok(cfg: TrainConfig, device: str = "cpu") -> dict:
             "stop_reason": run.stop_reason}
 
 
+def step_gflop(cfg: TrainConfig, device: str) -> float:
+    """GFLOP of the matrix products in one fast training step (forward and backward), as torch counts them."""
+    step = fast_loop(cfg, compile=False, device=device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(device: str, n: int = 1024, repeats: int = 20) -> float:
+    """The fp32 matrix-product speed of this machine now: GFLOP/s of the fastest of `repeats` n×n products."""
+    x, y = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = interleaved_ms({"matmul": lambda: x @ y}, rounds=1, per_round=repeats, warmup=3, best=True)["matmul"]
+    return 2 * n ** 3 / (best / 1000) / 1e9
+
+
 def _step(step: int | None) -> str:
     return "never" if step is None else f"{step:,}"
 
@@ -90,12 +106,23 @@ def grok_sentence(g: dict) -> str:
             f"{_step(g['test_acc_999_step'])}{grokked}; final test accuracy {g['final_test_acc']:.2%}; {ending}.")
 
 
+def floor_sentence(floor: dict) -> str:
+    """The step's floor in one sentence: its matrix-product work at the matrix-product speed measured with it."""
+    return (f"Floor: {floor['gflop_per_step']} GFLOP of matrix products per step (torch's FlopCounterMode) at "
+            f"{floor['matmul_gflops']} GFLOP/s (fp32 matrix products measured in the same run) = {floor['ms']} ms.")
+
+
 def readme_block(result: dict) -> str:
-    """The README's figures: where they come from, the table of loops, the time-to-grok run."""
+    """The README's figures: where they come from, the table of loops, the floor, the time-to-grok run."""
+    floor = result.get("floor")
     lines = [f"Measured by `benchmarks/train_speed.py`, read from `benchmarks/results/{RESULTS.name}` "
-             f"({machine_words(result)}):", "", "| loop | ms per full-batch step | speed-up |", "|---|---:|---:|"]
+             f"({machine_words(result)}):", "",
+             "| loop | ms per full-batch step | speed-up |" + (" × floor |" if floor else ""),
+             "|---|---:|---:|" + ("---:|" if floor else "")]
     lines += [f"| {LABELS.get(r['loop'], r['loop'])} | {r['ms_per_step']:.1f} | {r['speedup']:.2f}× |"
-              for r in result["step_time"]]
+              + (f" {r['over_floor']:.2f}× |" if floor else "") for r in result["step_time"]]
+    if floor:
+        lines += ["", floor_sentence(floor)]
     if result.get("time_to_grok"):
         lines += ["", grok_sentence(result["time_to_grok"])]
     return "\n".join(lines)
@@ -127,16 +154,20 @@ def main() -> None:
              "fast, eager": fast_loop(cfg, compile=False, device=args.device),
              "fast, torch.compile (default)": fast_loop(cfg, compile=True, device=args.device)}
     ms = interleaved_ms(loops, rounds=3 if args.quick else 8, per_round=5)  # warm-up (compilation) excluded
+    gflop, peak = step_gflop(cfg, args.device), matmul_peak_gflops(args.device)
+    floor = {"gflop_per_step": round(gflop, 2), "matmul_gflops": round(peak, 1), "ms": round(1000 * gflop / peak, 1)}
     base = ms["HookedTransformer loop"]
-    rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2)} for name, t in ms.items()]
+    rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2),
+             "over_floor": round(t / floor["ms"], 2)} for name, t in ms.items()]
     result = {"machine": machine(), "device": args.device, "config": cfg.to_dict(), "step_time": rows,
-              "time_to_grok": None if args.quick else time_to_grok(cfg, args.device)}
+              "floor": floor, "time_to_grok": None if args.quick else time_to_grok(cfg, args.device)}
 
     print(f"\nms per full-batch training step (p={cfg.p}, {len(train_test_split(cfg.p, cfg.frac_train, 0)[0])} pairs, "
           f"{args.device}, {torch.get_num_threads()} threads, median of interleaved rounds)")
-    print(f"{'loop':32} {'ms/step':>9} {'speed-up':>9}")
+    print(f"{'loop':32} {'ms/step':>9} {'speed-up':>9} {'× floor':>8}")
     for row in rows:
-        print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x")
+        print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x {row['over_floor']:7.2f}x")
+    print(floor_sentence(floor))
     if result["time_to_grok"]:
         print("\n" + grok_sentence(result["time_to_grok"]))
     path = args.out or (None if args.quick else RESULTS if args.device == "cpu" else
