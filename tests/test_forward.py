@@ -87,7 +87,7 @@ def test_attention_rate_matches_the_hooked_model_for_one_rate_or_one_per_model()
 
 
 def test_compiled_logits_and_gradients_equal_eager_ones():
-    """Compiled, the attention output is summed in another order (see utils.forward._attention_output)."""
+    """Compiled, the gathered rows' gradients are summed by a one-hot matrix product (see utils.forward._Rows)."""
     model = sharpened(make_model(model_config(p=19, d_model=32, n_heads=2, d_mlp=48, seed=2)))
     params = stacked(trainable_params(model))
     a, b = all_pairs(19)

@@ -92,16 +92,10 @@ def logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
 def _attention_output(attn: torch.Tensor, values: torch.Tensor, value2: torch.Tensor, W_O: torch.Tensor,
                       a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Σ_heads Σ_positions attn · value · W_O at position 2: attn [M, n, h, 3], values [M, p, 2, h, e] (tokens at
-    positions 0, 1), value2 [M, h, e] → [M, n, d]. The same sum in the order each mode runs fastest (the benchmark
-    compares them): compiled, W_O is applied per token first and the compiler fuses gathering, weighting and summing
-    the d-wide rows; eager, the heads are mixed first (products and sums: an einsum would make n tiny matrix
-    products) and W_O is one large matrix product over the pairs."""
+    positions 0, 1), value2 [M, h, e] → [M, n, d]. The heads are mixed first with products and sums (an einsum would
+    make n tiny matrix products), then W_O is one large matrix product over the pairs: the per-pair tensors stay
+    d_head wide per head, not d_model wide."""
     rows = _Rows.apply
-    if torch.compiler.is_compiling():
-        per_token = einops.einsum(values, W_O, "M t i h e, M h e d -> M t i h d")
-        at_2 = einops.einsum(value2, W_O, "M h e, M h e d -> M h d")
-        return (attn[..., 0, None] * rows(per_token[:, :, 0], a) + attn[..., 1, None] * rows(per_token[:, :, 1], b)
-                + attn[..., 2, None] * at_2[:, None]).sum(-2)
     z = (attn[..., 0, None] * rows(values[:, :, 0], a) + attn[..., 1, None] * rows(values[:, :, 1], b)
          + attn[..., 2, None] * value2[:, None])  # [M, n, h, e]
     return z.flatten(-2) @ W_O.flatten(1, 2)

@@ -124,8 +124,14 @@ class Compiled:
         return self.fn(*args)
 
 
-def compile_default() -> bool:
-    return os.environ.get("GROKKING_COMPILE", "1").lower() not in {"0", "false", "no"}
+def compile_default(device: str) -> bool:
+    """Whether training compiles when the caller does not say: $GROKKING_COMPILE if set (0/false/no: never), else
+    on a GPU only. On a CPU the eager step is as fast (benchmarks/results/train_speed.json compares them) and skips
+    the compile, which takes tens of seconds in every new process."""
+    chosen = os.environ.get("GROKKING_COMPILE")
+    if chosen is not None:
+        return chosen.lower() not in {"0", "false", "no"}
+    return torch.device(device).type == "cuda"
 
 
 

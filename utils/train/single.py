@@ -39,7 +39,7 @@ def train(cfg: TrainConfig | None = None, run_dir: str | Path | None = None, *, 
         return get_run(cfg, device=device, compile=compile, progress=progress)
     run_dir = check_run_dir(run_dir)
     device = check_device(device)
-    compile = compile_default() if compile is None else compile
+    compile = compile_default(device) if compile is None else compile
     with holding(run_dir):
         prepare_dir(cfg, run_dir)
         if finished(read_state(run_dir, cfg)):
