@@ -108,12 +108,15 @@ def verdict(result: dict) -> str:
     rows = {r["how"]: r for r in result["rows"]}
     batched, compiled = rows["batched (train_many, default)"], rows.get("batched, torch.compile")
     ratio = batched["ratio_to_one_after_another"]
-    said = ("Batching did not pay here" if ratio > 1 else "Batching paid here" if ratio < 1 else
+    total = result.get("total_ratio")
+    ratios = [ratio] + ([total] if total is not None else [])
+    said = ("Batching did not pay here" if min(ratios) > 1 else "Batching paid here" if max(ratios) < 1 else
+            "Batching was faster one way and slower the other here" if min(ratios) < 1 < max(ratios) else
             "Batching made no difference here")
     said += (f": one batched step of the whole set took {ratio:.2f}× the time of the {result['set']['runs']} runs' "
              "steps one after another")
-    if result.get("total_ratio") is not None:
-        said += f", and training the whole set from scratch {result['total_ratio']:.2f}× the time"
+    if total is not None:
+        said += f", and training the whole set from scratch (evaluation and checkpoints included) {total:.2f}× the time"
     if ratio > 1 and result.get("device", "cpu") == "cpu":  # files before "device" were CPU ones
         said += " (on a CPU the work is arithmetic, which stacking the models does not reduce)"
     said += "."
