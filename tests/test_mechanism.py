@@ -282,3 +282,10 @@ def test_fit_waves_recovers_a_planted_mix_of_any_waves():
     coeffs, fit = mechanism.fit_waves(logits, waves)
     torch.testing.assert_close(coeffs, torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
     assert mechanism.variance_explained(logits, fit) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_top_singular_share_is_one_for_a_matrix_of_that_rank_and_less_below_it():
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(30, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 20, generator=g, dtype=torch.float64)
+    assert mechanism.top_singular_share(low, 2) == pytest.approx(1.0)
+    assert 0 < mechanism.top_singular_share(low, 1) < 1
