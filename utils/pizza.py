@@ -10,7 +10,9 @@
 Gradient symmetricity: the mean cosine similarity between ∂logit_c/∂(embedding of a) and ∂logit_c/∂(embedding of b)
 over random (a, b, c). Distance irrelevance: the std of the correct logit over the pairs with one distance
 d = (a - b) mod p, averaged over d, divided by its std over all pairs. The ideal clock scores (0, 1), the ideal
-pizza (1, 0); `classify` names the ideal a model is nearer to on both axes.
+pizza (1, 0); `classify` names the ideal a model is nearer to on both axes. With uniform attention (attention rate
+0) the layers after attention see a and b only through E_a + E_b, so the symmetricity is exactly 1 whatever the
+weights: then only distance irrelevance says what the model computes.
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def gradient_cosines(model: HookedTransformer, a: torch.Tensor, b: torch.Tensor,
 def gradient_symmetricity(model: HookedTransformer, n: int = 1000, seed: int = 0) -> float:
     """Mean cosine similarity of the logit's gradients with respect to a's and b's embeddings, over n random (a, b, c).
 
-    Near 1: the logit treats the two embeddings alike (the pizza); clearly below 1: the clock.
+    Near 1: the logit treats the two embeddings alike (the pizza; exactly 1 for any model with uniform attention);
+    clearly below 1: the clock.
     """
     return gradient_cosines(model, *random_triples(model.cfg.d_vocab_out, n, seed)).mean().item()
 
