@@ -297,6 +297,7 @@ def clock_and_pizza_mechanisms(runs: list) -> Claims:
     """Chapter 8: what runs with ordinary (α = 1) and uniform (α = 0) attention share and where they differ, with
     chapters 2–4's tools.
     `runs`: finished runs (utils.train.Run, with .model_at(0)) of both attention rates."""
+    # Long (53 lines): chapter 8's claims, one after another, each beside the measurements it reads.
     from utils import pizza
 
     clocks, uniform = _by_rate(runs)
