@@ -14,13 +14,15 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 
-from utils import ablation, mechanism
+from utils import ablation, mechanism, pizza
 from utils.data import make_dataset
 from utils.fourier import echo_frequencies, embedding_frequency_norms, key_frequencies
 from utils.model import HookedTransformer
+from utils.outcomes import outcome
 from utils.progress import Phases
 
-__all__ = ["Claim", "Claims", "periodicity", "algorithm", "ablations", "progress"]
+__all__ = ["Claim", "Claims", "periodicity", "algorithm", "ablations", "progress", "clock_or_pizza",
+           "clock_and_pizza_mechanisms"]
 
 CLUSTER_SHARE = 0.85  # a neuron belongs to a frequency's cluster if that frequency explains ≥ 85% of its variance
 BIG_CLUSTER = 0.01  # a cluster counts if it holds ≥ 1% of the neurons
@@ -235,8 +237,6 @@ def progress(measures: pd.DataFrame, phases: Phases, p: int) -> Claims:
 
 
 # --- chapter 8: clock or pizza ------------------------------------------------------------------------------
-__all__ += ["clock_or_pizza", "clock_and_pizza_mechanisms"]
-
 PIZZA_RUNS_NEEDED = "runs trained with attention rate 1 and with attention rate 0, at least one of each"
 
 
@@ -257,9 +257,6 @@ def _seeds(runs: list) -> str:
 def clock_or_pizza(runs: list) -> Claims:
     """Chapter 8: what the two measures of Zhong et al. (2023) say about runs with ordinary attention (α = 1) and
     runs with uniform attention (α = 0). `runs`: finished runs (utils.train.Run) of both attention rates."""
-    from utils import pizza
-    from utils.outcomes import outcome
-
     clocks, uniform = _by_rate(runs)
     outcomes = {id(r): outcome(r.metrics) for r in runs}
     sym = {id(r): pizza.gradient_symmetricity(r.model) for r in runs}
@@ -297,9 +294,7 @@ def clock_and_pizza_mechanisms(runs: list) -> Claims:
     """Chapter 8: what runs with ordinary (α = 1) and uniform (α = 0) attention share and where they differ, with
     chapters 2–4's tools.
     `runs`: finished runs (utils.train.Run, with .model_at(0)) of both attention rates."""
-    # Long (53 lines): chapter 8's claims, one after another, each beside the measurements it reads.
-    from utils import pizza
-
+    # Long (51 lines): chapter 8's claims, one after another, each beside the measurements it reads.
     clocks, uniform = _by_rate(runs)
     keys = {id(r): key_frequencies(r.model) for r in runs}
     explained = {id(r): mechanism.logit_variance_explained(r.model, keys[id(r)]) for r in runs}
