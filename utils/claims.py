@@ -231,3 +231,66 @@ def progress(measures: pd.DataFrame, phases: Phases, p: int) -> Claims:
         Claim("cleanup shrinks the rest of the logits", f"{at.other_logit_rms[c_start]:.2f} → "
               f"{at.other_logit_rms[c_end]:.2f}", at.other_logit_rms[c_end] < at.other_logit_rms[c_start]),
     ])
+
+
+# --- chapter 9: why grokking is slow ----------------------------------------------------------------------------
+__all__ += ["why_slow"]
+
+
+def why_slow(no_decay: dict, grokfast: dict, children: list) -> Claims:
+    """Chapter 9: softmax collapse without weight decay, what StableMax and ⊥Grad change, Grokfast against its
+    learning-rate control, and ungrokking. no_decay and grokfast are utils.why_slow's recipes' runs by name
+    (no_decay_configs, grokfast_configs), children the grokked baseline's continuations (ungrokking_configs)."""
+    from utils.why_slow import collapse_curve, grok_step, seconds_to  # (why_slow imports the trainer)
+
+    plain, stable, orthogonal = (no_decay[k] for k in ("cross-entropy", "StableMax", "⊥Grad"))
+    base, filtered, control = grokfast.values()
+    control_name = list(grokfast)[2]
+    cap, base_step = plain.config.steps, grok_step(base)
+    after = min((s for s in base.checkpoint_steps if s >= (base_step or 0)), default=base.checkpoint_steps[-1])
+    at_grok = collapse_curve(base, [after]).iloc[0]
+    end, end_stable = collapse_curve(plain, [plain.final_step]).iloc[0], collapse_curve(stable, [stable.final_step])
+    steps = {name: grok_step(run) for name, run in {**no_decay, **grokfast}.items()}
+    speedup = _ratio(base_step or math.inf, steps["Grokfast"] or math.inf)
+    per_step = [seconds_to(r, r.final_step) / r.final_step for r in (base, filtered)]
+    finals = [(c.config.n_train(), c.metrics.test_acc.iloc[-1], c.metrics.train_acc.iloc[-1]) for c in children]
+    finals.sort(reverse=True)  # largest training set first
+    falls = all(later <= earlier + 0.01 for (_, earlier, _), (_, later, _) in zip(finals, finals[1:]))
+    return Claims([
+        Claim("without weight decay, ≥ 99% of the training pairs end collapsed in float32 (cross-entropy)",
+              f"{end.collapsed:.1%} at step {plain.final_step}", end.collapsed >= 0.99),
+        Claim("with weight decay, ≤ 5% are collapsed when test accuracy reaches 99%",
+              f"{at_grok.collapsed:.1%} at step {after} (99% test accuracy at step {base_step})",
+              base_step is not None and at_grok.collapsed <= 0.05),
+        Claim("in the course's trainer (float64 loss) ≤ 1% of the no-decay run's pairs have a zero gradient",
+              f"{end.silent:.1%}; median answer margin {end['median margin']:.1f}", end.silent <= 0.01),
+        Claim("without weight decay, cross-entropy stays below 99% test accuracy in a cap ≥ 5× the baseline's step",
+              f"{steps['cross-entropy']} within {cap} steps (baseline: {base_step})",
+              steps["cross-entropy"] is None and base_step is not None and cap >= 5 * base_step),
+        Claim("⊥Grad without weight decay reaches 99% test accuracy within the cap",
+              f"step {steps['⊥Grad']} of {orthogonal.config.steps}", steps["⊥Grad"] is not None),
+        Claim("… later than the baseline with weight decay", f"step {steps['⊥Grad']} vs {base_step}",
+              None not in (steps["⊥Grad"], base_step) and steps["⊥Grad"] > base_step),
+        Claim("StableMax without weight decay does not reach 99% test accuracy in the cap (not reproduced)",
+              f"{steps['StableMax']}; final test accuracy {stable.metrics.test_acc.iloc[-1]:.1%}",
+              steps["StableMax"] is None),
+        Claim("… while its logits grow: its median answer margin ends ≥ 10× cross-entropy's",
+              f"{end_stable['median margin'].iloc[0]:.3g} vs {end['median margin']:.3g}",
+              end_stable["median margin"].iloc[0] >= 10 * end["median margin"]),
+        Claim("Grokfast speeds the baseline up by at most 1.5× in steps to 99% test accuracy",
+              f"{speedup:.2f}× (steps {base_step} → {steps['Grokfast']})", speedup <= 1.5),
+        Claim(f"the control ({control.config.lr / base.config.lr:g}× the lr) reaches 99% no later than Grokfast",
+              f"step {steps[control_name]} vs {steps['Grokfast']}",
+              steps[control_name] is not None and (steps["Grokfast"] is None
+                                                   or steps[control_name] <= steps["Grokfast"])),
+        Claim("a Grokfast step costs at most 2× a plain step in wall time",
+              f"{per_step[1] * 1e3:.1f} vs {per_step[0] * 1e3:.1f} ms", per_step[1] <= 2 * per_step[0]),
+        Claim("continued on the largest subset, the grokked model keeps ≥ 99% test accuracy",
+              f"{finals[0][1]:.1%} on {finals[0][0]} pairs", finals[0][1] >= 0.99),
+        Claim("continued on the smallest subset, it ungroks: test accuracy ends below 50%",
+              f"{finals[-1][1]:.1%} on {finals[-1][0]} pairs", finals[-1][1] < 0.5),
+        Claim("… while it still fits every subset (training accuracy ≥ 99%)",
+              f"lowest {min(f[2] for f in finals):.1%}", min(f[2] for f in finals) >= 0.99),
+        Claim("the less data, the lower the final test accuracy (never 1 point higher on a smaller subset)",
+              ", ".join(f"{n}: {acc:.1%}" for n, acc, _ in finals), falls),
+    ])

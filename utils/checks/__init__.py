@@ -22,6 +22,8 @@ from utils.checks.ch04_ablations import (check_ablate_neurons, check_keep_freque
                                          check_remove_frequencies, check_sum_directions)
 from utils.checks.ch05_progress import check_embedding_norms, check_gini, check_restricted_and_excluded
 from utils.checks.ch06_beyond import check_difference_waves, check_fourier_subtraction, check_outcome
+from utils.checks.ch09_why_slow import (check_collapsed_share, check_grokfast_filter, check_orthogonal_gradient,
+                                        check_stablemax)
 from utils.checks.harness import CheckFailed, set_time_limit, time_limit
 
 __all__ = ["CheckFailed", "set_time_limit", "time_limit",
@@ -39,4 +41,6 @@ __all__ = ["CheckFailed", "set_time_limit", "time_limit",
            # chapter 5
            "check_restricted_and_excluded", "check_gini", "check_embedding_norms",
            # chapter 6
-           "check_outcome", "check_difference_waves", "check_fourier_subtraction"]
+           "check_outcome", "check_difference_waves", "check_fourier_subtraction",
+           # chapter 9
+           "check_collapsed_share", "check_stablemax", "check_orthogonal_gradient", "check_grokfast_filter"]
