@@ -1,8 +1,8 @@
 """Chapter 9 (why grokking is slow): its measurements on planted logits, and its claims on runs it never trains.
 
-The chapter trains utils.why_slow's recipes with p = 59, seed 0; here the same recipes train with seed 1 and
-utils.claims.why_slow must hold on them too. A claim that fails here is a claim about one run: restate it (and the
-chapter's prose), never tune it to these runs.
+The chapter trains utils.why_slow's variants of chapter 6's robustness recipe with p = 59, seed 0; here the same
+runs train with seed 1, and utils.claims.why_slow must hold on them too. A claim that fails here is a claim about
+one run: restate it (and the chapter's prose), never tune it to these runs.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from utils import claims, stability, why_slow
-from utils.train import get_runs
+from utils.train import get_runs, robustness_config
 
 P, SEED, CAP, GROKFAST_CAP, UNGROK_STEPS = 59, 1, 2500, 2000, 1000  # the chapter's settings but the seed
 
@@ -67,13 +67,13 @@ def test_grokfast_filter_is_gradient_ema_applied_step_by_step():
     torch.testing.assert_close(out, torch.tensor([[3.0], [7.0], [0.0]]))  # averages 1, 2, 0.5
 
 
-def test_the_recipes_differ_from_the_baseline_only_where_they_say():
-    base = why_slow.base_config(P, SEED, CAP)
-    no_decay = why_slow.no_decay_configs(P, SEED, CAP)
+def test_the_variants_differ_from_the_baseline_only_where_they_say():
+    base = robustness_config(P, SEED, steps=CAP)
+    no_decay = why_slow.no_decay_configs(base)
     assert {c.weight_decay for c in no_decay.values()} == {0.0}
     assert [c.loss for c in no_decay.values()] == ["cross_entropy", "stablemax", "cross_entropy"]
     assert [c.orthogonal_grad for c in no_decay.values()] == [False, False, True]
-    fast = list(why_slow.grokfast_configs(P, SEED, CAP).values())
+    fast = list(why_slow.grokfast_configs(base).values())
     assert fast[0] == base and fast[1].grokfast_lamb == why_slow.GROKFAST_LAMB
     assert fast[2].lr == pytest.approx(base.lr * (1 + why_slow.GROKFAST_LAMB)) and fast[2].grokfast_lamb == 0
 
@@ -81,12 +81,12 @@ def test_the_recipes_differ_from_the_baseline_only_where_they_say():
 # --- the claims on another seed --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def unseen():
-    base_config = why_slow.base_config(P, SEED, GROKFAST_CAP)
+    base_config = robustness_config(P, SEED, steps=GROKFAST_CAP)  # the chapter's baseline, another seed
     [baseline] = get_runs([base_config], progress=False)
-    no_decay_configs = why_slow.no_decay_configs(P, SEED, CAP)
+    no_decay_configs = why_slow.no_decay_configs(robustness_config(P, SEED, steps=CAP))
     no_decay = dict(zip(no_decay_configs, get_runs(list(no_decay_configs.values()), progress=False)))
     grokfast = {name: get_runs([config], progress=False)[0]
-                for name, config in why_slow.grokfast_configs(P, SEED, GROKFAST_CAP).items()}
+                for name, config in why_slow.grokfast_configs(base_config).items()}
     children = get_runs(why_slow.ungrokking_configs(baseline, UNGROK_STEPS), progress=False)
     return no_decay, grokfast, children
 

@@ -1,12 +1,14 @@
-"""Chapter 9's runs and measurements: the training recipes it compares (weight decay or not, StableMax, ⊥Grad,
-Grokfast and its learning-rate control, ungrokking) and softmax collapse over a run's checkpoints.
+"""Chapter 9's runs and measurements: the variants of a baseline it compares (weight decay or not, StableMax,
+⊥Grad, Grokfast and its learning-rate control, ungrokking) and softmax collapse over a run's checkpoints.
 
-The recipes are functions of (p, seed), so tests/test_why_slow.py can check the chapter's claims
-(utils.claims.why_slow) on runs the notebook never trains.
+The variants are functions of the baseline's TrainConfig, so tests/test_why_slow.py can check the chapter's claims
+(utils.claims.why_slow) on runs the notebook never trains. (An analysis module: it changes configs with
+dataclasses.replace and reads finished runs, but never imports the trainer.)
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -14,32 +16,27 @@ import torch
 from utils.metrics import first_step
 from utils.progress import batched_logits, stack_checkpoints
 from utils.stability import answer_margin, collapsed_share, silent_share
-from utils.train import Run, TrainConfig, robustness_config
 
-__all__ = ["GROKFAST_ALPHA", "GROKFAST_LAMB", "UNGROK_SHARES", "base_config", "no_decay_configs",
-           "grokfast_configs", "ungrokking_configs", "collapse_curve", "grok_step", "seconds_to"]
+if TYPE_CHECKING:
+    from utils.train import Run, TrainConfig
+
+__all__ = ["GROKFAST_ALPHA", "GROKFAST_LAMB", "UNGROK_SHARES", "no_decay_configs", "grokfast_configs",
+           "ungrokking_configs", "collapse_curve", "grok_step", "seconds_to"]
 
 GROKFAST_ALPHA, GROKFAST_LAMB = 0.98, 2.0  # Grokfast's published defaults (Lee et al. 2024, the EMA filter)
 UNGROK_SHARES = (0.6, 0.4, 0.25, 0.15)  # shares of the grokked run's training pairs its children keep
 
 
-def base_config(p: int, seed: int, steps: int) -> TrainConfig:
-    """The chapter's baseline: chapter 6's robustness recipe (workshop preset, lr 3e-3, weight decay 3, the stop
-    rule) with `steps` as its cap."""
-    return robustness_config(p, seed, steps=steps)
-
-
-def no_decay_configs(p: int, seed: int, steps: int) -> dict[str, TrainConfig]:
+def no_decay_configs(base: TrainConfig) -> dict[str, TrainConfig]:
     """The baseline without weight decay, trained three ways: plain cross-entropy, StableMax, ⊥Grad."""
-    plain = dataclasses.replace(base_config(p, seed, steps), weight_decay=0.0)
+    plain = dataclasses.replace(base, weight_decay=0.0)
     return {"cross-entropy": plain,
             "StableMax": dataclasses.replace(plain, loss="stablemax"),
             "⊥Grad": dataclasses.replace(plain, orthogonal_grad=True)}
 
 
-def grokfast_configs(p: int, seed: int, steps: int) -> dict[str, TrainConfig]:
+def grokfast_configs(base: TrainConfig) -> dict[str, TrainConfig]:
     """The baseline, with Grokfast's filter, and the control: the baseline with its lr × (1 + λ)."""
-    base = base_config(p, seed, steps)
     return {"baseline": base,
             "Grokfast": dataclasses.replace(base, grokfast_lamb=GROKFAST_LAMB, grokfast_alpha=GROKFAST_ALPHA),
             f"lr × {1 + GROKFAST_LAMB:g}": dataclasses.replace(base, lr=base.lr * (1 + GROKFAST_LAMB))}
