@@ -286,12 +286,13 @@ def machine(device: str) -> dict:
     """What the check ran on, and whether training was compiled."""
     import torch
 
+    from utils.train.loop import compile_default
+
     return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "compile": os.environ.get("GROKKING_COMPILE", "1").lower()
-            not in {"0", "false", "no"}}
+            "compile": compile_default(device)}
 
 
 def summary_table(steps: list[Step], total: float, budget: float) -> str:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,13 +27,16 @@ from benchmarks.common import (default_device, fast_loop, interleaved_ms, machin
 from utils.data import make_dataset, train_test_split  # noqa: E402
 from utils.model import make_model  # noqa: E402
 from utils.train import TrainConfig, model_cfg, loss_fn, train  # noqa: E402
+from utils.train.loop import compile_default  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"  # CPU; train_speed_cuda.json: GPU
 README = ROOT / "README.md"
 BEGIN, END = "<!-- train_speed figures: begin (benchmarks/train_speed.py --readme) -->", \
     "<!-- train_speed figures: end -->"
-LABELS = {"HookedTransformer loop": "plain HookedTransformer loop", "fast, eager": "fast trainer, eager",
-          "fast, torch.compile (default)": "fast trainer, `torch.compile` (default)"}  # the README's words
+LABELS = {"HookedTransformer loop": "plain HookedTransformer loop",
+          "fast, eager": "fast trainer, eager (the default on a CPU)",
+          "fast, torch.compile": "fast trainer, `torch.compile` (the default on a GPU)",
+          "fast, torch.compile (default)": "fast trainer, `torch.compile` (then the default)"}  # the README's words
 
 
 def plain_loop(cfg: TrainConfig, device: str = "cpu"):
@@ -55,7 +59,7 @@ def time_to_grok(cfg: TrainConfig, device: str = "cpu") -> dict:
     """Train the preset from scratch (compile included) and read off when it memorised and grokked."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run = train(cfg, Path(tmp) / "run", device=device, compile=True, progress=False)
+        run = train(cfg, Path(tmp) / "run", device=device, progress=False)  # compiled or not: the default
         total = time.perf_counter() - start
     m = run.metrics
     first = lambda mask: int(m.step[mask].min()) if mask.any() else None  # noqa: E731
@@ -67,7 +71,23 @@ def time_to_grok(cfg: TrainConfig, device: str = "cpu") -> dict:
             "test_acc_99_step": first(m.test_acc >= 0.99), "test_acc_999_step": grok_step,
             "wall_s_to_grok": round(m.elapsed_s[m.step == grok_step].item(), 1) if grok_step is not None else None,
             "final_test_acc": float(m.test_acc.iloc[-1]), "stopped_at": run.final_step,
+            "compiled": compile_default(device),
             "stop_reason": run.stop_reason}
+
+
+def step_gflop(cfg: TrainConfig, device: str) -> float:
+    """GFLOP of the matrix products in one fast training step (forward and backward), as torch counts them."""
+    step = fast_loop(cfg, compile=False, device=device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(device: str, n: int = 1024, repeats: int = 20) -> float:
+    """The fp32 matrix-product speed of this machine now: GFLOP/s of the fastest of `repeats` n×n products."""
+    x, y = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = interleaved_ms({"matmul": lambda: x @ y}, rounds=1, per_round=repeats, warmup=3, best=True)["matmul"]
+    return 2 * n ** 3 / (best / 1000) / 1e9
 
 
 def _step(step: int | None) -> str:
@@ -84,18 +104,30 @@ def grok_sentence(g: dict) -> str:
                   "predates the stop rule; rerun the benchmark for the preset as it is now)")
     plateau = f" ({g['plateau_over_memorisation']}× the memorisation time)" if g["plateau_over_memorisation"] else ""
     grokked = "" if g["wall_s_to_grok"] is None else f", {g['wall_s_to_grok']} s after the start"
-    return (f"Workshop preset from scratch (compile included): train accuracy ≥ 99% at step "
+    how = "compile included" if g.get("compiled", True) else "eager, the default on a CPU"
+    return (f"Workshop preset from scratch ({how}): train accuracy ≥ 99% at step "
             f"{_step(g['train_acc_99_step'])}; test accuracy below 20% until step {_step(g['test_acc_20_step'])}"
             f"{plateau}; test accuracy ≥ 99% at step {_step(g['test_acc_99_step'])} and ≥ 99.9% at step "
             f"{_step(g['test_acc_999_step'])}{grokked}; final test accuracy {g['final_test_acc']:.2%}; {ending}.")
 
 
+def floor_sentence(floor: dict) -> str:
+    """The step's floor in one sentence: its matrix-product work at the matrix-product speed measured with it."""
+    return (f"Floor: {floor['gflop_per_step']} GFLOP of matrix products per step (torch's FlopCounterMode) at "
+            f"{floor['matmul_gflops']} GFLOP/s (fp32 matrix products measured in the same run) = {floor['ms']} ms.")
+
+
 def readme_block(result: dict) -> str:
-    """The README's figures: where they come from, the table of loops, the time-to-grok run."""
+    """The README's figures: where they come from, the table of loops, the floor, the time-to-grok run."""
+    floor = result.get("floor")
     lines = [f"Measured by `benchmarks/train_speed.py`, read from `benchmarks/results/{RESULTS.name}` "
-             f"({machine_words(result)}):", "", "| loop | ms per full-batch step | speed-up |", "|---|---:|---:|"]
+             f"({machine_words(result)}):", "",
+             "| loop | ms per full-batch step | speed-up |" + (" × floor |" if floor else ""),
+             "|---|---:|---:|" + ("---:|" if floor else "")]
     lines += [f"| {LABELS.get(r['loop'], r['loop'])} | {r['ms_per_step']:.1f} | {r['speedup']:.2f}× |"
-              for r in result["step_time"]]
+              + (f" {r['over_floor']:.2f}× |" if floor else "") for r in result["step_time"]]
+    if floor:
+        lines += ["", floor_sentence(floor)]
     if result.get("time_to_grok"):
         lines += ["", grok_sentence(result["time_to_grok"])]
     return "\n".join(lines)
@@ -125,18 +157,22 @@ def main() -> None:
     cfg = TrainConfig.preset("workshop")
     loops = {"HookedTransformer loop": plain_loop(cfg, args.device),
              "fast, eager": fast_loop(cfg, compile=False, device=args.device),
-             "fast, torch.compile (default)": fast_loop(cfg, compile=True, device=args.device)}
+             "fast, torch.compile": fast_loop(cfg, compile=True, device=args.device)}
     ms = interleaved_ms(loops, rounds=3 if args.quick else 8, per_round=5)  # warm-up (compilation) excluded
+    gflop, peak = step_gflop(cfg, args.device), matmul_peak_gflops(args.device)
+    floor = {"gflop_per_step": round(gflop, 2), "matmul_gflops": round(peak, 1), "ms": round(1000 * gflop / peak, 1)}
     base = ms["HookedTransformer loop"]
-    rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2)} for name, t in ms.items()]
+    rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2),
+             "over_floor": round(t / floor["ms"], 2)} for name, t in ms.items()]
     result = {"machine": machine(), "device": args.device, "config": cfg.to_dict(), "step_time": rows,
-              "time_to_grok": None if args.quick else time_to_grok(cfg, args.device)}
+              "floor": floor, "time_to_grok": None if args.quick else time_to_grok(cfg, args.device)}
 
     print(f"\nms per full-batch training step (p={cfg.p}, {len(train_test_split(cfg.p, cfg.frac_train, 0)[0])} pairs, "
           f"{args.device}, {torch.get_num_threads()} threads, median of interleaved rounds)")
-    print(f"{'loop':32} {'ms/step':>9} {'speed-up':>9}")
+    print(f"{'loop':32} {'ms/step':>9} {'speed-up':>9} {'× floor':>8}")
     for row in rows:
-        print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x")
+        print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x {row['over_floor']:7.2f}x")
+    print(floor_sentence(floor))
     if result["time_to_grok"]:
         print("\n" + grok_sentence(result["time_to_grok"]))
     path = args.out or (None if args.quick else RESULTS if args.device == "cpu" else

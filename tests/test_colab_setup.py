@@ -91,14 +91,15 @@ def fake_colab(tmp_path: Path) -> Path:
 
 
 def run_cell(tmp_path: Path, cell: str, python_path: list[Path], env: dict[str, str]) -> dict:
-    """Run the driver on `cell` in a fresh empty working directory; its report."""
+    """Run the driver on `cell` in a fresh empty working directory (the driver's own folder is not on sys.path:
+    python -P); its report."""
     (tmp_path / "setup_cell.py").write_text(cell)
     (tmp_path / "driver.py").write_text(DRIVER)
     workdir = tmp_path / "content"
     workdir.mkdir()
     env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(map(str, python_path)),
            "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "GIT_TERMINAL_PROMPT": "0"}
-    result = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "setup_cell.py"),
+    result = subprocess.run([sys.executable, "-P", str(tmp_path / "driver.py"), str(tmp_path / "setup_cell.py"),
                              PRETEND_MISSING], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"the setup cell failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -147,12 +148,16 @@ def test_setup_cell_in_colab_clones_installs_only_what_is_missing_and_reruns_har
     assert Path(report["course_dir"]).resolve() == clone.resolve()
 
 
-def test_setup_cell_outside_colab_does_nothing(tmp_path, cell):
-    (tmp_path / "utils").mkdir()  # a local checkout's utils, found through the path as usual
+def test_setup_cell_outside_colab_installs_nothing_and_puts_the_course_one_folder_up_on_the_path(tmp_path, cell):
+    (tmp_path / "utils").mkdir()  # a local checkout: the notebook runs in a folder beside utils/
     (tmp_path / "utils" / "__init__.py").write_text("")
     (tmp_path / "utils" / "data.py").write_text("")
-    report = run_cell(tmp_path, cell, [tmp_path], {})
+    elsewhere = tmp_path / "elsewhere"  # the package is importable from here only once the cell has run
+    elsewhere.mkdir()
+    report = run_cell(tmp_path, cell, [elsewhere], {})
     assert report["in_colab"] is False
     assert report["runs"] == [[], []]
-    assert report["course_dir"] is None
+    assert Path(report["course_dir"]).resolve() == tmp_path.resolve()
+    assert report["sys_path"].count(report["course_dir"]) == 1  # run twice, added once
+    assert Path(report["utils_data"]).resolve() == (tmp_path / "utils" / "data.py").resolve()
     assert list((tmp_path / "content").iterdir()) == []

@@ -84,3 +84,19 @@ def test_attention_rate_matches_the_hooked_model_for_one_rate_or_one_per_model()
         assert relative_error(out[i], reference) <= 1e-5, rate
         alone = logits({k: v[i:i + 1] for k, v in stack.items()}, a[None], b[None], rate)[0]
         assert relative_error(alone, reference) <= 1e-5, rate
+
+
+def test_compiled_logits_and_gradients_equal_eager_ones():
+    """Compiled, the gathered rows' gradients are summed by a one-hot matrix product (see utils.forward._Rows)."""
+    model = sharpened(make_model(model_config(p=19, d_model=32, n_heads=2, d_mlp=48, seed=2)))
+    params = stacked(trainable_params(model))
+    a, b = all_pairs(19)
+    labels = make_dataset(19)[1]
+    outputs = {}
+    for name, fn in (("eager", logits), ("compiled", torch.compile(logits, dynamic=False))):
+        out = fn(params, a[None], b[None], 0.5)[0]
+        grads = torch.autograd.grad(loss_fn(out, labels), list(params.values()))
+        outputs[name] = (out.detach(), grads)
+    assert relative_error(outputs["compiled"][0], outputs["eager"][0]) <= 1e-5
+    for compiled, eager in zip(outputs["compiled"][1], outputs["eager"][1]):
+        assert (compiled - eager).norm() / eager.norm() <= 1e-5

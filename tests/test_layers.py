@@ -106,3 +106,30 @@ def test_a_planted_bad_import_is_caught(source, unit, complaint):
 def test_imports_for_type_checking_only_do_not_count():
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from utils.model import HookedTransformer\n"
     assert not problems(source, "utils/fourier.py", "fourier")
+
+
+def _long_functions(source: str) -> list[tuple[str, int]]:
+    """(name, length) of every function longer than 40 lines that does not say why (a "Long (" comment or "Over
+    40 lines" in its docstring)."""
+    found, lines = [], source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            length = node.end_lineno - node.lineno + 1
+            if length > 40 and "Long (" not in body and "Over 40 lines" not in body:
+                found.append((node.name, length))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("utils/**/*.py")))
+def test_modules_read_in_one_sitting(path):
+    """Modules ≤ 400 lines; functions ≤ 40 lines unless a comment says why."""
+    source = (ROOT / path).read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= 400, f"{path} has {len(source.splitlines())} lines: split it by concept"
+    assert not _long_functions(source), f"{path}: functions over 40 lines without a reason: {_long_functions(source)}"
+
+
+def test_a_long_function_without_a_reason_is_caught():
+    body = "\n".join(f"    x{i} = {i}" for i in range(45))
+    assert _long_functions(f"def f():\n{body}\n") == [("f", 46)]
+    assert _long_functions(f"def f():\n    # Long (46 lines): a table.\n{body}\n") == []

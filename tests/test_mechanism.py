@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from utils import mechanism
-from utils.fourier import key_frequencies
+from utils.fourier import key_frequencies, output_frequency_norms
 from utils.data import make_dataset
 from utils.model import make_model, model_config
 
@@ -233,7 +233,7 @@ def test_key_frequencies_and_W_L_rank_recover_the_planted_output_frequencies():
     model = planted_W_L_model(P, [2, 7, 10])
     assert key_frequencies(model) == [10, 7, 2]  # sorted by norm: the amplitudes are 1, 2, 3
     assert mechanism.significant_rank(mechanism.W_L(model)) == 6  # 2 per frequency
-    shares = mechanism.W_L_frequency_norms(model)
+    shares = output_frequency_norms(model)
     assert shares.sum() == pytest.approx(1.0) and shares[[1, 6, 9]].sum() == pytest.approx(1.0)
 
 
@@ -282,3 +282,10 @@ def test_fit_waves_recovers_a_planted_mix_of_any_waves():
     coeffs, fit = mechanism.fit_waves(logits, waves)
     torch.testing.assert_close(coeffs, torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
     assert mechanism.variance_explained(logits, fit) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_top_singular_share_is_one_for_a_matrix_of_that_rank_and_less_below_it():
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(30, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 20, generator=g, dtype=torch.float64)
+    assert mechanism.top_singular_share(low, 2) == pytest.approx(1.0)
+    assert 0 < mechanism.top_singular_share(low, 1) < 1

@@ -1,4 +1,5 @@
-"""utils.pizza and the attention-rate knob of utils.model: clock or pizza."""
+"""utils.pizza and the attention-rate knob of utils.model: clock or pizza (chapter 8), and the chapter's claims on
+runs it never uses."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,11 @@ import math
 import pytest
 import torch
 
-from utils import pizza
+from utils import claims, pizza
 from utils.data import make_dataset
+from utils.mechanism import logit_grid
 from utils.model import PATTERN_HOOK, make_model, model_config, set_attention_rate, uniform_attention
+from utils.train import TrainConfig, get_runs
 
 P = 11
 
@@ -58,12 +61,82 @@ def test_embedding_gradients_match_a_finite_difference():
 
 
 @pytest.mark.parametrize("phase, low", [(lambda a, b: a + b, False), (lambda a, b: a - b, True)])
-def test_distance_irrelevance_is_low_only_when_the_correct_logit_follows_a_minus_b(monkeypatch, phase, low):
+def test_distance_irrelevance_is_low_only_when_the_correct_logit_follows_a_minus_b(phase, low):
     x = torch.arange(P, dtype=torch.float64)
     a, b = x[:, None], x[None, :]
     correct = torch.cos(2 * math.pi * phase(a, b) / P) + 0.01 * a  # the correct answer's logit over (a, b)
-    grid = torch.zeros(P, P, P, dtype=torch.float64)
-    grid.view(P * P, P).scatter_(1, make_dataset(P)[1][:, None], correct.flatten()[:, None])
-    monkeypatch.setattr(pizza, "logit_grid", lambda model: grid)
-    value = pizza.distance_irrelevance(small_model())
+    value = pizza.distance_irrelevance(correct)
     assert (value < 0.2) if low else (value > 0.8)
+
+
+def test_distance_irrelevance_refuses_anything_but_a_square_grid():
+    with pytest.raises(ValueError, match=r"\[p, p\] grid"):
+        pizza.distance_irrelevance(torch.zeros(P, P, P))
+
+
+def test_correct_logits_pick_the_logit_of_a_plus_b():
+    model = small_model(3)
+    grid = logit_grid(model)  # [a, b, c]
+    correct = pizza.correct_logits(model)
+    assert correct.shape == (P, P)
+    assert correct[2, 5] == grid[2, 5, 7] and correct[9, 4] == grid[9, 4, (9 + 4) % P]
+
+
+def test_the_rule_names_the_ideal_both_measures_are_nearer_to():
+    assert pizza.classify(0.0, 1.0) == "clock" and pizza.classify(1.0, 0.0) == "pizza"
+    assert pizza.classify(1.0, 1.0) == pizza.classify(0.0, 0.0) == "neither"
+    assert pizza.classify(0.5, 0.5) == "pizza"  # exactly on a cut: not on the clock's side
+
+
+def test_decay_alone_multiplies_by_one_minus_lr_times_decay_each_step():
+    assert pizza.decay_only_factor(0.01, 2.0, 1, 50) == pytest.approx((1 - 0.02) ** 50, rel=1e-12)
+    warm = pizza.decay_only_factor(0.01, 2.0, 4, 6)  # warm-up: lr/4, 2lr/4, 3lr/4, then lr
+    assert warm == pytest.approx((1 - 0.005) * (1 - 0.01) * (1 - 0.015) * (1 - 0.02) ** 3, rel=1e-12)
+
+
+def test_swapping_the_attention_rate_leaves_the_model_as_it_was():
+    model = set_attention_rate(small_model(4), 0.0)
+    tokens, _ = make_dataset(P)
+    before = model(tokens)
+    pizza.accuracy_with_attention_rate(model, 1.0)
+    torch.testing.assert_close(model(tokens), before)
+
+
+def test_query_key_norm_is_the_norm_of_both_matrices():
+    model = small_model(5)
+    attn = model.blocks[0].attn
+    expected = math.sqrt(attn.W_Q.detach().pow(2).sum().item() + attn.W_K.detach().pow(2).sum().item())
+    assert pizza.query_key_norm(model) == pytest.approx(expected, rel=1e-6)
+
+
+# --- chapter 8's claims on runs the chapter never uses --------------------------------------------------------
+UNSEEN_SEEDS = (3, 4)  # the chapter trains seeds 0 and 1
+
+
+def chapter8_config(alpha: float, seed: int) -> TrainConfig:
+    """The chapter's configuration (solutions/08_clock_or_pizza.ipynb, `chapter8_config`)."""
+    return TrainConfig.preset("workshop", p=59, frac_train=0.8, seed=seed, attention_rate=alpha,
+                              checkpoint_every=500)
+
+
+@pytest.fixture(scope="module")
+def unseen_runs():
+    return get_runs([chapter8_config(alpha, seed) for alpha in (1.0, 0.0) for seed in UNSEEN_SEEDS],
+                    progress=False)
+
+
+def test_chapter_8_measure_claims_hold_on_seeds_the_chapter_never_uses(unseen_runs):
+    found = claims.clock_or_pizza(unseen_runs)
+    print(found)  # pytest shows it when a claim fails
+    assert found.hold(), found.failures()
+
+
+def test_chapter_8_mechanism_claims_hold_on_seeds_the_chapter_never_uses(unseen_runs):
+    found = claims.clock_and_pizza_mechanisms(unseen_runs)
+    print(found)
+    assert found.hold(), found.failures()
+
+
+def test_the_chapter_8_claims_need_both_attention_rates(unseen_runs):
+    with pytest.raises(ValueError, match="attention rate 1"):
+        claims.clock_or_pizza([r for r in unseen_runs if r.config.attention_rate == 1])

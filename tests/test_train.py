@@ -307,8 +307,8 @@ def test_a_second_writer_waits_for_the_first_and_never_rewrites_a_finished_run(t
     assert stopped(paused), paused.communicate()
     second = run_python(f"""
         import utils.train as T
-        import utils.train.store as S
-        S.LOCK_NOTICE_S = 0.5
+        import utils.train.lock as L
+        L.LOCK_NOTICE_S = 0.5
         run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=True)
         print("final step", run.final_step)
     """)
@@ -334,14 +334,15 @@ def test_training_a_finished_run_again_returns_it_untouched(tmp_path, capsys):
 
 
 def test_get_run_waiting_for_a_lock_says_which_process_holds_it(tmp_path, monkeypatch, capsys):
-    import utils.train.store as S
+    import utils.train.lock as L
     monkeypatch.setenv("GROKKING_RUNS_DIR", str(tmp_path))
-    monkeypatch.setattr(S, "LOCK_NOTICE_S", 0.2)
+    monkeypatch.setattr(L, "LOCK_NOTICE_S", 0.2)
     cfg = tiny(steps=10)
     holder = run_python(f"""
         import sys, time
-        import utils.train.store as S
-        lock = S.acquire(S.Path({str(tmp_path / cfg.run_name())!r}))
+        from pathlib import Path
+        import utils.train.lock as L
+        lock = L.acquire(Path({str(tmp_path / cfg.run_name())!r}))
         print("held", flush=True)
         time.sleep(3)
     """)
@@ -444,6 +445,8 @@ def cli(capsys, *args: str) -> subprocess.CompletedProcess:
     (["--seed", "-1"], "seed must be an integer in"),
     (["--p", "91"], "p must be a prime"),
     (["--p", "1021"], "p must be a prime between 3 and 509"),
+    (["--orthogonal-grad", "maybe"], "expected true or false"),
+    (["--loss", "mse"], "loss must be one of"),
 ])
 def test_cli_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -627,3 +630,13 @@ def test_kill_resume_soak_small(tmp_path, mode):
     from benchmarks.soak import soak
     result = soak(mode, kills=3, workdir=tmp_path, seed=1)
     assert result["ok"], result["problems"]
+
+
+def test_cli_reads_a_yes_no_option_as_a_boolean(tmp_path, capsys):
+    off = cli(capsys, "--p", "23", "--steps", "10", "--checkpoint-every", "10", "--d-mlp", "64", "--no-compile",
+              "--orthogonal-grad", "false", "--out", str(tmp_path / "off"))
+    on = cli(capsys, "--p", "23", "--steps", "10", "--checkpoint-every", "10", "--d-mlp", "64", "--no-compile",
+             "--orthogonal-grad", "true", "--out", str(tmp_path / "on"))
+    assert off.returncode == on.returncode == 0, (off.stderr, on.stderr)
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["orthogonal_grad"] is False
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["orthogonal_grad"] is True

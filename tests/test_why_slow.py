@@ -1,7 +1,7 @@
 """Chapter 9 (why grokking is slow): its measurements on planted logits, and its claims on runs it never trains.
 
 The chapter trains utils.why_slow's variants of chapter 6's robustness recipe with p = 59, seed 0; here the same
-runs train with seed 1, and utils.claims.why_slow must hold on them too. A claim that fails here is a claim about
+runs train with seed 1, and utils.why_slow.claims must hold on them too. A claim that fails here is a claim about
 one run: restate it (and the chapter's prose), never tune it to these runs.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from utils import claims, stability, why_slow
+from utils import stability, why_slow
 from utils.train import get_runs, robustness_config
 
 P, SEED, CAP, GROKFAST_CAP, UNGROK_STEPS = 59, 1, 2500, 2000, 1000  # the chapter's settings but the seed
@@ -93,7 +93,7 @@ def unseen():
 
 def test_chapter_9_claims_hold_on_a_seed_the_chapter_never_trains(unseen):
     no_decay, grokfast, children = unseen
-    found = claims.why_slow(no_decay, grokfast, children)
+    found = why_slow.claims(no_decay, grokfast, children)
     print(found)  # pytest shows it when a claim fails
     assert found.hold(), found.failures()
 

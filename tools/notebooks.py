@@ -32,7 +32,7 @@ Other cells may stand between the heading cell and the hint cell, never between 
 Both versions keep the heading and the hints; the book shows the hints folded and the solution folded.
 
 Both versions start with a generated header cell (title, "Open in Colab" badge, link to the solved
-version) and a generated setup cell (a no-op outside Google Colab). The chapter title comes from the
+version) and a generated setup cell (in Colab it fetches the course; locally it puts the course on sys.path). The chapter title comes from the
 notebook metadata `course.title`; the repository URL and branch come from _config.yml alone.
 """
 from __future__ import annotations
@@ -84,8 +84,8 @@ HINT_EXAMPLE = '<details class="course-hint"><summary>Hint 1</summary>\n\nWhat t
 MAX_HINTS = 2
 
 SETUP_TEMPLATE = '''\
-# Colab setup: fetch the course code, install what Colab lacks, put it on sys.path.
-# A no-op outside Colab.
+# Set-up: put the course's code on sys.path. In Colab, fetch it first and
+# install what Colab lacks; locally, the course is the folder above this one.
 import sys
 
 try:
@@ -136,6 +136,12 @@ if IN_COLAB:
     if COURSE_DIR not in sys.path:
         sys.path.insert(0, COURSE_DIR)
     print("Ready: the course code is importable from", COURSE_DIR)
+else:
+    from pathlib import Path
+
+    COURSE_DIR = str(Path("..").resolve())
+    if Path("../utils/__init__.py").is_file() and COURSE_DIR not in sys.path:
+        sys.path.insert(0, COURSE_DIR)  # opened from chapters/ or solutions/
 '''
 
 

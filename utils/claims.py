@@ -108,12 +108,13 @@ def periodicity(model: HookedTransformer, train_idx: torch.Tensor) -> Claims:
 def algorithm(model: HookedTransformer) -> Claims:
     """Chapter 3: the logits are a sum of cosines of w_k(a+b-c), built by neurons that multiply waves (attention
     hands them mostly a sum)."""
+    # Long (47 lines): chapter 3's claims, one after another, each beside the measurement it reads.
     keys = key_frequencies(model)
     p = model.cfg.d_vocab_out
     logits = mechanism.logit_grid(model)
     alphas, fit = mechanism.fit_cosine_logits(logits, keys)
     explained = mechanism.variance_explained(logits, fit)
-    rank = mechanism.significant_rank(mechanism.W_L(model))
+    low_rank = mechanism.top_singular_share(mechanism.W_L(model), 2 * len(keys))
     clusters = mechanism.neuron_clusters(model, CLUSTER_SHARE)
     acts = mechanism.neuron_activations(model)
     linear = torch.cat([mechanism.neuron_fit_r2(acts[..., n], k, quadratic=False) for k, n in clusters.items()])
@@ -134,8 +135,8 @@ def algorithm(model: HookedTransformer) -> Claims:
               f"{explained:.1%} (paper: about 95%)", explained >= 0.9),
         Claim("every key frequency has α_k > 0 (its cosine peaks at the right answer)",
               f"α = {[round(a, 2) for a in alphas.tolist()]}", bool((alphas > 0).all())),
-        Claim("W_L has two significant singular values per key frequency", f"{rank} for {len(keys)}",
-              rank == 2 * len(keys)),
+        Claim("two singular directions per key frequency hold ≥ 99% of W_L's squared norm",
+              f"{low_rank:.2%} in the top {2 * len(keys)}", low_rank >= 0.99),
         # "Mostly a sum": at most a tenth of the attention output's variance is products.
         Claim("attention's output at '=' is mostly (≥ 90%) a sum f(a) + g(b)", f"{attention_sum:.1%}",
               attention_sum >= 0.9),
@@ -233,71 +234,116 @@ def progress(measures: pd.DataFrame, phases: Phases, p: int) -> Claims:
     ])
 
 
-# --- chapter 9: why grokking is slow ----------------------------------------------------------------------------
-__all__ += ["why_slow"]
+# --- chapter 8: clock or pizza ------------------------------------------------------------------------------
+__all__ += ["clock_or_pizza", "clock_and_pizza_mechanisms"]
+
+PIZZA_RUNS_NEEDED = "runs trained with attention rate 1 and with attention rate 0, at least one of each"
 
 
-def why_slow(no_decay: dict, grokfast: dict, children: list) -> Claims:
-    """Chapter 9: softmax collapse without weight decay, what StableMax and ⊥Grad change, Grokfast against its
-    learning-rate control, and ungrokking. no_decay and grokfast are utils.why_slow's recipes' runs by name
-    (no_decay_configs, grokfast_configs), children the grokked baseline's continuations (ungrokking_configs)."""
-    from utils.why_slow import collapse_curve, grok_step  # (why_slow reads runs' checkpoints)
+def _by_rate(runs: list) -> tuple[list, list]:
+    """The runs (utils.train.Run) with attention rate 1 and those with rate 0; a ValueError if either is missing."""
+    clocks = [r for r in runs if r.config.attention_rate == 1]
+    uniform = [r for r in runs if r.config.attention_rate == 0]
+    if not clocks or not uniform or len(clocks) + len(uniform) != len(runs):
+        raise ValueError(f"the chapter 8 claims need {PIZZA_RUNS_NEEDED}; got attention rates "
+                         f"{[r.config.attention_rate for r in runs]}")
+    return clocks, uniform
 
-    plain, stable, orthogonal = (no_decay[k] for k in ("cross-entropy", "StableMax", "⊥Grad"))
-    base, _, control = grokfast.values()
-    control_name = list(grokfast)[2]
-    cap, base_step = plain.config.steps, grok_step(base)
-    after = min((s for s in base.checkpoint_steps if s >= (base_step or 0)), default=base.checkpoint_steps[-1])
-    at_grok = collapse_curve(base, [after]).iloc[0]
-    end, end_stable = collapse_curve(plain, [plain.final_step]).iloc[0], collapse_curve(stable, [stable.final_step])
-    end_orthogonal = collapse_curve(orthogonal, [orthogonal.final_step]).iloc[0]
-    orthogonal_step = grok_step(orthogonal)
-    near = min((s for s in orthogonal.checkpoint_steps if s >= (orthogonal_step or 0)),
-               default=orthogonal.final_step)
-    orthogonal_at_grok = collapse_curve(orthogonal, [near]).collapsed.iloc[0]
-    steps = {name: grok_step(run) for name, run in {**no_decay, **grokfast}.items()}
-    speedup = _ratio(base_step or math.inf, steps["Grokfast"] or math.inf)
-    finals = [(c.config.n_train(), c.metrics.test_acc.iloc[-1], c.metrics.train_acc.iloc[-1]) for c in children]
-    finals.sort(reverse=True)  # largest training set first
-    falls = all(later <= earlier + 0.01 for (_, earlier, _), (_, later, _) in zip(finals, finals[1:]))
+
+def _seeds(runs: list) -> str:
+    return ", ".join(f"seed {r.config.seed}" for r in runs)
+
+
+def clock_or_pizza(runs: list) -> Claims:
+    """Chapter 8: what the two measures of Zhong et al. (2023) say about runs with ordinary attention (α = 1) and
+    runs with uniform attention (α = 0). `runs`: finished runs (utils.train.Run) of both attention rates."""
+    from utils import pizza
+    from utils.outcomes import outcome
+
+    clocks, uniform = _by_rate(runs)
+    outcomes = {id(r): outcome(r.metrics) for r in runs}
+    sym = {id(r): pizza.gradient_symmetricity(r.model) for r in runs}
+    irr = {id(r): pizza.distance_irrelevance(pizza.correct_logits(r.model)) for r in runs}
+    kind = {id(r): pizza.classify(sym[id(r)], irr[id(r)]) for r in runs}
+
+    def show(group: list, values: dict) -> str:
+        return ", ".join(f"{values[id(r)]:.3f}" if isinstance(values[id(r)], float) else values[id(r)]
+                         for r in group)
+
+    mean_uniform = sum(irr[id(r)] for r in uniform) / len(uniform)
+    mean_clocks = sum(irr[id(r)] for r in clocks) / len(clocks)
     return Claims([
-        Claim("without weight decay, ≥ 99% of the training pairs end collapsed in float32 (cross-entropy)",
-              f"{end.collapsed:.1%} at step {plain.final_step}", end.collapsed >= 0.99),
-        Claim("with weight decay, ≤ 5% are collapsed when test accuracy reaches 99%",
-              f"{at_grok.collapsed:.1%} at step {after} (99% test accuracy at step {base_step})",
-              base_step is not None and at_grok.collapsed <= 0.05),
-        Claim("in the course's trainer (float64 loss) ≤ 1% of the no-decay run's pairs have a zero gradient",
-              f"{end.silent:.1%}; median answer margin {end['median margin']:.1f}", end.silent <= 0.01),
-        Claim("without weight decay, cross-entropy stays below 99% test accuracy in a cap ≥ 5× the baseline's step",
-              f"{steps['cross-entropy']} within {cap} steps (baseline: {base_step})",
-              steps["cross-entropy"] is None and base_step is not None and cap >= 5 * base_step),
-        Claim("⊥Grad without weight decay reaches 99% test accuracy within the cap",
-              f"step {steps['⊥Grad']} of {orthogonal.config.steps}", steps["⊥Grad"] is not None),
-        Claim("… later than the baseline with weight decay", f"step {steps['⊥Grad']} vs {base_step}",
-              None not in (steps["⊥Grad"], base_step) and steps["⊥Grad"] > base_step),
-        Claim("… its pairs collapse in float32 too (≥ 99% at the end), with live gradients in ours (≤ 1% silent)",
-              f"{end_orthogonal.collapsed:.1%} collapsed, {end_orthogonal.silent:.1%} silent",
-              end_orthogonal.collapsed >= 0.99 and end_orthogonal.silent <= 0.01),
-        Claim("… and ≥ 50% had collapsed in float32 by the first checkpoint at which it reached 99% test accuracy",
-              f"{orthogonal_at_grok:.1%} at step {near}", orthogonal_at_grok >= 0.5),
-        Claim("StableMax without weight decay does not reach 99% test accuracy in the cap (not reproduced)",
-              f"{steps['StableMax']}; final test accuracy {stable.metrics.test_acc.iloc[-1]:.1%}",
-              steps["StableMax"] is None),
-        Claim("… while its logits grow: its median answer margin ends ≥ 10× cross-entropy's",
-              f"{end_stable['median margin'].iloc[0]:.3g} vs {end['median margin']:.3g}",
-              end_stable["median margin"].iloc[0] >= 10 * end["median margin"]),
-        Claim("Grokfast speeds the baseline up by at most 1.5× in steps to 99% test accuracy",
-              f"{speedup:.2f}× (steps {base_step} → {steps['Grokfast']})", speedup <= 1.5),
-        Claim(f"the control ({control.config.lr / base.config.lr:g}× the lr) reaches 99% no later than Grokfast",
-              f"step {steps[control_name]} vs {steps['Grokfast']}",
-              steps[control_name] is not None and (steps["Grokfast"] is None
-                                                   or steps[control_name] <= steps["Grokfast"])),
-        Claim("continued on the largest subset, the grokked model keeps ≥ 99% test accuracy",
-              f"{finals[0][1]:.1%} on {finals[0][0]} pairs", finals[0][1] >= 0.99),
-        Claim("continued on the smallest subset, it ungroks: test accuracy ends below 50%",
-              f"{finals[-1][1]:.1%} on {finals[-1][0]} pairs", finals[-1][1] < 0.5),
-        Claim("… while it still fits every subset (training accuracy ≥ 99%)",
-              f"lowest {min(f[2] for f in finals):.1%}", min(f[2] for f in finals) >= 0.99),
-        Claim("the less data, the lower the final test accuracy (never 1 point higher on a smaller subset)",
-              ", ".join(f"{n}: {acc:.1%}" for n, acc, _ in finals), falls),
+        Claim("every run generalised at once (chapter 6's rule), whatever its attention",
+              "; ".join(f"α = {r.config.attention_rate:g}, seed {r.config.seed}: {outcomes[id(r)]}" for r in runs),
+              all(o == "generalised at once" for o in outcomes.values())),
+        Claim("with uniform attention the gradients with respect to a's and b's embeddings are equal: "
+              "symmetricity 1 (to 1e-6) in every α = 0 run", show(uniform, sym),
+              all(abs(sym[id(r)] - 1) <= 1e-6 for r in uniform)),
+        Claim("with ordinary attention they differ: symmetricity below 0.5 in every α = 1 run", show(clocks, sym),
+              all(sym[id(r)] < 0.5 for r in clocks)),
+        Claim("the rule calls every α = 1 run a clock", f"{_seeds(clocks)}: {show(clocks, kind)}",
+              all(kind[id(r)] == "clock" for r in clocks)),
+        Claim("uniform attention rules the clock out: every α = 0 run is a pizza or 'neither'",
+              f"{_seeds(uniform)}: {show(uniform, kind)}", all(kind[id(r)] != "clock" for r in uniform)),
+        Claim("on average the α = 0 runs' correct logit follows a − b more: lower mean distance irrelevance",
+              f"α = 0: {show(uniform, irr)} (mean {mean_uniform:.3f}); α = 1: {show(clocks, irr)} "
+              f"(mean {mean_clocks:.3f})", mean_uniform < mean_clocks),
+        Claim("at least one α = 0 run is a pizza", f"{sum(kind[id(r)] == 'pizza' for r in uniform)} of {len(uniform)}",
+              any(kind[id(r)] == "pizza" for r in uniform)),
+    ])
+
+
+def clock_and_pizza_mechanisms(runs: list) -> Claims:
+    """Chapter 8: what runs with ordinary (α = 1) and uniform (α = 0) attention share and where they differ, with
+    chapters 2–4's tools.
+    `runs`: finished runs (utils.train.Run, with .model_at(0)) of both attention rates."""
+    # Long (53 lines): chapter 8's claims, one after another, each beside the measurements it reads.
+    from utils import pizza
+
+    clocks, uniform = _by_rate(runs)
+    keys = {id(r): key_frequencies(r.model) for r in runs}
+    explained = {id(r): mechanism.logit_variance_explained(r.model, keys[id(r)]) for r in runs}
+    stray = {id(r): sorted(k for k, n in mechanism.neuron_clusters(r.model, CLUSTER_SHARE).items()
+                           if len(n) >= BIG_CLUSTER * r.model.cfg.d_mlp and k not in keys[id(r)]) for r in runs}
+    shared = {r.config.seed: len(set(keys[id(r)]) & set(keys[id(q)]))
+              for r in clocks for q in uniform if q.config.seed == r.config.seed}
+    rise = {}
+    for r in clocks:
+        _, labels = make_dataset(r.config.p)
+        loss = ablation.logit_loss(mechanism.model_logits(r.model).double(), labels)
+        rise[id(r)] = _ratio(ablation.logit_loss(mechanism.logits_with_additive_attention(r.model).double(), labels),
+                             loss)
+    sums = [mechanism.additive_share(mechanism.attention_output(r.model)) for r in uniform]
+    swapped = {id(r): pizza.accuracy_with_attention_rate(r.model, 1 - r.config.attention_rate) for r in runs}
+    shrink = {}
+    for r in runs:
+        c = r.config
+        shrink[id(r)] = _ratio(_ratio(pizza.query_key_norm(r.model), pizza.query_key_norm(r.model_at(0))),
+                               pizza.decay_only_factor(c.lr, c.weight_decay, c.warmup_steps, r.final_step))
+    ve_all = [explained[id(r)] for r in runs]
+    return Claims([
+        Claim("runs of both attention rates use a handful (2–7) of key frequencies", "; ".join(
+            f"α = {r.config.attention_rate:g}, seed {r.config.seed}: {keys[id(r)]}" for r in runs),
+            all(2 <= len(keys[id(r)]) <= 7 for r in runs)),
+        Claim("in all, Σ_k α_k cos(w_k(a+b−c)) over those frequencies explains ≥ 50% of the logits' variance",
+              f"from {min(ve_all):.1%} to {max(ve_all):.1%}", min(ve_all) >= 0.5),
+        Claim("in all, every neuron cluster (≥ 1% of the neurons) is at a key frequency",
+              "clusters elsewhere: " + "; ".join(f"α = {r.config.attention_rate:g}, seed {r.config.seed}: "
+                                                 f"{stray[id(r)] or 'none'}" for r in runs), not any(stray.values())),
+        Claim("the same seed finds largely the same frequencies with either attention: its two runs share ≥ 2 "
+              "key frequencies", ", ".join(f"seed {s}: {n}" for s, n in shared.items()),
+              bool(shared) and min(shared.values()) >= 2),
+        Claim("the clocks use attention's products: its output replaced by the best sum f(a) + g(b) raises the "
+              "loss ≥ 100×", ", ".join(f"{rise[id(r)]:.2g}×" for r in clocks), min(rise.values()) >= 100),
+        Claim("the α = 0 runs' attention output is a sum f(a) + g(b) (additive share 1 to 1e-6): no products "
+              "there", ", ".join(f"{s:.7f}" for s in sums), min(sums) >= 1 - 1e-6),
+        Claim("uniform attention breaks every clock: accuracy on all pairs falls below 90%",
+              ", ".join(f"{swapped[id(r)]:.1%}" for r in clocks), all(swapped[id(r)] < 0.9 for r in clocks)),
+        Claim("ordinary attention changes nothing for the α = 0 runs: accuracy stays ≥ 99%",
+              ", ".join(f"{swapped[id(r)]:.1%}" for r in uniform), all(swapped[id(r)] >= 0.99 for r in uniform)),
+        Claim("the α = 0 runs' W_Q and W_K shrank exactly as weight decay alone shrinks them (within 1%): no "
+              "gradient reached them", ", ".join(f"{shrink[id(r)]:.4f}× the prediction" for r in uniform),
+              all(abs(shrink[id(r)] - 1) <= 0.01 for r in uniform)),
+        Claim("the clocks' W_Q and W_K are ≥ 10× larger than that: they are trained",
+              ", ".join(f"{shrink[id(r)]:.3g}×" for r in clocks), all(shrink[id(r)] >= 10 for r in clocks)),
     ])

@@ -26,7 +26,7 @@ class _Rows(torch.autograd.Function):
     """table[m, idx[m, i]] for every model m: [M, t, ...], [M, n] → [M, n, ...]; a fast, deterministic backward.
 
     The backward sums the gradient per token. Compiled, it is a one-hot matrix product: autograd's own backward of
-    indexing is a scatter-add, which compiles to atomic adds on a CPU (slow: ~40% of a step; and the order of the
+    indexing is a scatter-add, which compiles to atomic adds on a CPU (slow, a large share of the step; and the order of the
     additions varies). Eager, it is index_add_ on the flattened table, which a CPU runs serially and fast.
     """
 
@@ -82,14 +82,23 @@ def logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
     attn = torch.stack([rows(scores[:, :, 0], a), rows(scores[:, :, 1], b),
                         score2[:, None].expand(-1, a.shape[1], -1)], dim=-1).softmax(-1)  # [M, n, h, 3]
     attn = _mix_uniform(attn, attention_rate)
-    # The heads' values mixed with products and sums (an einsum would make n tiny matrix products), then W_O once
-    # per pair on the heads side by side: the per-pair tensors are d_head wide per head, not d_model wide.
-    z = (attn[..., 0, None] * rows(values[:, :, 0], a) + attn[..., 1, None] * rows(values[:, :, 1], b)
-         + attn[..., 2, None] * value2[:, None])  # [M, n, h, e]
-    resid = _plus_bias(x2[:, None] + z.flatten(-2) @ W_O.flatten(1, 2), params, "blocks.0.attn.b_O", 1)  # [M, n, d]
+    resid = _plus_bias(x2[:, None] + _attention_output(attn, values, value2, W_O, a, b), params,
+                       "blocks.0.attn.b_O", 1)  # [M, n, d]
     hidden = torch.relu(_plus_bias(resid @ params["blocks.0.mlp.W_in"], params, "blocks.0.mlp.b_in", 1))
     resid = resid + _plus_bias(hidden @ params["blocks.0.mlp.W_out"], params, "blocks.0.mlp.b_out", 1)
     return _plus_bias(resid @ params["unembed.W_U"], params, "unembed.b_U", 1)  # [M, n, p]
+
+
+def _attention_output(attn: torch.Tensor, values: torch.Tensor, value2: torch.Tensor, W_O: torch.Tensor,
+                      a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_heads Σ_positions attn · value · W_O at position 2: attn [M, n, h, 3], values [M, p, 2, h, e] (tokens at
+    positions 0, 1), value2 [M, h, e] → [M, n, d]. The heads are mixed first with products and sums (an einsum would
+    make n tiny matrix products), then W_O is one large matrix product over the pairs: the per-pair tensors stay
+    d_head wide per head, not d_model wide."""
+    rows = _Rows.apply
+    z = (attn[..., 0, None] * rows(values[:, :, 0], a) + attn[..., 1, None] * rows(values[:, :, 1], b)
+         + attn[..., 2, None] * value2[:, None])  # [M, n, h, e]
+    return z.flatten(-2) @ W_O.flatten(1, 2)
 
 
 def _mix_uniform(attn: torch.Tensor, rate: float | torch.Tensor) -> torch.Tensor:

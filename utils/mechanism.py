@@ -17,14 +17,13 @@ import einops
 import torch
 
 from utils.data import make_dataset
-from utils.fourier import (check_frequencies, fft2d, fourier_basis, frequency_norms, n_frequencies,
-                           output_frequency_norms)
+from utils.fourier import check_frequencies, fft2d, fourier_basis, frequency_norms, n_frequencies
 from utils.model import PATTERN_HOOK, HookedTransformer
 
 __all__ = ["NEURON_HOOK", "PRE_HOOK", "Z_HOOK", "ATTN_OUT_HOOK", "attention_weights", "head_outputs",
            "attention_output", "additive_fit", "additive_share", "logits_with_additive_attention", "model_logits",
            "neuron_activations", "neuron_frequency_fractions", "neuron_frequencies", "neuron_clusters", "W_L",
-           "W_L_fourier", "W_L_frequency_norms", "significant_rank", "cluster_output_norms", "logit_grid", "SIGNS",
+           "W_L_fourier", "significant_rank", "top_singular_share", "cluster_output_norms", "logit_grid", "SIGNS",
            "cosine_waves", "fit_waves", "fit_cosine_logits", "variance_explained", "logit_variance_explained",
            "neuron_features", "neuron_fit_r2", "fourier_multiplication"]
 
@@ -170,13 +169,18 @@ def W_L_fourier(model: HookedTransformer) -> torch.Tensor:
     return W @ fourier_basis(W.shape[1], torch.float64).T
 
 
-W_L_frequency_norms = output_frequency_norms  # share of W_L's squared norm at each output frequency
 
 
 def significant_rank(matrix: torch.Tensor, rel_threshold: float = 0.1) -> int:
     """How many singular values are at least rel_threshold × the largest one."""
     singular = torch.linalg.svdvals(matrix.double())
     return int((singular >= rel_threshold * singular[0]).sum())
+
+
+def top_singular_share(matrix: torch.Tensor, k: int) -> float:
+    """Share of the matrix's squared norm in its k largest singular values (1: it is exactly rank ≤ k)."""
+    squared = torch.linalg.svdvals(matrix.double()).pow(2)
+    return (squared[:k].sum() / squared.sum()).item()
 
 
 def cluster_output_norms(model: HookedTransformer, clusters: dict[int, torch.Tensor]) -> torch.Tensor:

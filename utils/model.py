@@ -247,6 +247,7 @@ def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
 
     Their attention has no biases and their MLP biases were trained: those are kept; the other biases are 0.
     """
+    # Long (56 lines): each way a foreign file can be wrong gets its own check and message, in reading order.
     path = Path(path)
     blob = load_tensor_file(path)
     if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob["model"], dict):
@@ -340,8 +341,7 @@ def export_original_checkpoint(model: HookedTransformer, path: str | Path | None
                 "fn_name": "add", **_ORIGINAL_ARCHITECTURE, **(config or {})}
     blob: dict = {"model": state, "config": settings}
     if train_idx is not None:
-        rows = torch.as_tensor(train_idx).long()
-        blob["train_data"] = [(int(r) // p, int(r) % p, p) for r in rows]
+        blob["train_data"] = [(int(r) // p, int(r) % p, p) for r in torch.as_tensor(train_idx).long()]
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, path)

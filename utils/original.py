@@ -118,6 +118,7 @@ def _verify_cached(path: Path, entry: Published) -> None:
 
 def _download(url: str, dest: Path, entry: Published, progress: bool, timeout: float) -> None:
     """Stream url into dest via a .part file, checking size, LFS pointers and sha256; raise on any problem."""
+    # Long (43 lines): one download with its checks and clean-up on every failure path, kept together.
     part = dest.with_name(dest.name + ".part")
     request = urllib.request.Request(url, headers={"User-Agent": "grokking-course"})
     try:

@@ -15,7 +15,7 @@ from utils.checks.harness import CheckFailed, call, fail, guarded, passed
 from utils.checks.inputs import cosine_logits, planted_neurons, random_model, sum_and_products
 
 __all__ = ["check_cosine_variance_explained", "check_W_L_fourier", "check_additive_share", "check_neuron_fit_r2",
-           "check_output_frequency_shares", "check_fourier_multiplication", "check_fourier_algorithm"]
+           "check_output_frequency_shares", "check_fourier_multiplication"]
 
 
 # --- the cosine form ----------------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ from utils import stability as _stability
 from utils.checks.compare import expect_number, expect_tensor
 from utils.checks.harness import call, fail, guarded, passed
 
-__all__ = ["check_collapsed_share", "check_stablemax", "check_orthogonal_gradient", "check_grokfast_filter",
-           "collapse_cases"]
+__all__ = ["check_collapsed_share", "check_stablemax", "check_orthogonal_gradient", "check_grokfast_filter"]
 
 
 # --- softmax collapse -----------------------------------------------------------------------------------------

@@ -16,6 +16,14 @@ from utils.train.store import TrainingDivergedError, check_run_dir
 __all__ = ["main"]
 
 
+def _true_or_false(text: str) -> bool:
+    """A yes/no option's value: true/false (or yes/no, on/off, 1/0)."""
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return words[text.lower()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.train", description="Train a model that groks a + b mod p.")
     parser.add_argument("--preset", default="workshop", help=f"one of {sorted(PRESETS)} (default: workshop)")
@@ -25,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in ("name", "betas"):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+            kind = _true_or_false if isinstance(f.default, bool) else type(f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     parser.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"))
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)

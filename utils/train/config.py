@@ -26,16 +26,16 @@ PRESETS = {
                      stop_margin=300, stop_test_acc=0.999, stop_loss_fall=2.0),
 }
 # A preset's smallest training set, in pairs: for a small modulus its frac_train grows to hold this many (in
-# steps of 1%, at most half the pairs) unless frac_train is given. 30% of p² is 1,044 pairs at p = 59, and there
-# seed 3 stalled at 99.3% test accuracy up to the 10,000-step cap; with 40% it grokked. From p = 71 on (and for
-# the course's p = 113) 30% is already ≥ 1,500 pairs, so nothing changes. results/sweep_presets.json measures it.
+# steps of 1%, at most half the pairs) unless frac_train is given. With 30% at p = 59 one seed stalled below
+# grokking up to the step cap and with more data it grokked (benchmarks/results/sweep_presets_30pct.json); from
+# p = 71 on 30% is already ≥ 1,500 pairs, so nothing changes. benchmarks/results/sweep_presets.json measures it.
 MIN_TRAIN_PAIRS = {"workshop": 1500}
 # Chapter 6's robustness runs (solutions/06_beyond.ipynb; benchmarks/train_many.py times them): the workshop preset,
 # stop rule included, for these moduli and seeds, with a larger lr and weight decay (cleanup comes about twice as
 # soon, and the chapter trains 8 runs while the book builds); checkpoints every 100 steps, metrics every 20.
 ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS = (97, 113), (0, 1, 2, 3)
 ROBUSTNESS_OVERRIDES = dict(lr=3e-3, weight_decay=3.0, checkpoint_every=100, eval_every=20)
-P_MAX = 509  # the largest modulus: evaluation holds [p², p] logits (float32, and float64 for the loss), ~1.6 GB here
+P_MAX = 509  # the largest modulus: evaluation holds [p², p] logits (float32, and float64 for the loss): ~12·p³ bytes
 LATER_FIELDS = {"attention_rate": 1.0, "loss": "cross_entropy", "orthogonal_grad": False, "grokfast_lamb": 0.0,
                 "grokfast_alpha": 0.98, "init_from": "", "keep_train": 1.0}  # fields added later: their defaults
 LOSSES = ("cross_entropy", "stablemax")

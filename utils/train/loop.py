@@ -90,7 +90,7 @@ class Compiled:
     """torch.compile(fn), falling back to plain fn (same maths, slower, rounded differently) if compiling fails.
 
     Whether a run was compiled is not part of its cache key: both compute the same function, but rounding differs
-    and training amplifies it (weights ~1% apart after a few hundred steps), so each run's state.pt records which
+    and training amplifies it (tests/test_train.py compares the two), so each run's state.pt records which
     way each stretch was trained ("compiled": one bool per training session). A resumed run is bit-identical to
     an uninterrupted one when both are trained the same way.
     """
@@ -105,9 +105,9 @@ class Compiled:
 
     def _give_up(self, err: Exception) -> None:
         warnings.warn(f"torch.compile unavailable ({type(err).__name__}: {str(err)[:150]}); training without it: "
-                      "the same maths, about 2x slower, but not bit-identical to compiled training (sums are "
-                      "rounded in another order, and training amplifies it: weights differ by ~1% after a few "
-                      "hundred steps).", RuntimeWarning, stacklevel=3)
+                      "the same maths (benchmarks/train_speed.py compares the speeds), but not bit-identical to "
+                      "compiled training: sums are rounded in another order, and training amplifies it.",
+                      RuntimeWarning, stacklevel=3)
         self.compiled = None
 
     @property
@@ -124,8 +124,14 @@ class Compiled:
         return self.fn(*args)
 
 
-def compile_default() -> bool:
-    return os.environ.get("GROKKING_COMPILE", "1").lower() not in {"0", "false", "no"}
+def compile_default(device: str) -> bool:
+    """Whether training compiles when the caller does not say: $GROKKING_COMPILE if set (0/false/no: never), else
+    on a GPU only. On a CPU the eager step is as fast (benchmarks/results/train_speed.json compares them) and skips
+    the compile, which takes tens of seconds in every new process."""
+    chosen = os.environ.get("GROKKING_COMPILE")
+    if chosen is not None:
+        return chosen.lower() not in {"0", "false", "no"}
+    return torch.device(device).type == "cuda"
 
 
 
@@ -169,7 +175,7 @@ def loop(cfg: TrainConfig, start: int, fresh: bool, label: str, progress: bool, 
     says whether to stop; checkpoint(step, final) saves on schedule, when stopping, and at the end.
 
     A fresh run is evaluated and saved at step 0 first (a resumed one already was).
-    Subnormal numbers are flushed meanwhile (late in training gradients go subnormal: steps get ~3x slower without).
+    Subnormal numbers are flushed meanwhile (late in training gradients go subnormal, and arithmetic on subnormal numbers is several times slower).
     The progress bar redraws at most once a second: in a notebook every redraw is a message to the front end, and a
     kernel that sends thousands of them during one cell can drop some (nbval then times out waiting for the cell).
     """

@@ -26,7 +26,8 @@ from utils.train.adamw import BatchedAdamW
 from utils.train.config import TrainConfig
 from utils.train.loop import (Compiled, GradientKnobs, check_device, check_finite, loop, measure, should_stop,
                               train_loss)
-from utils.train.store import (METRICS, Run, RunWriter, TrainingDivergedError, UnfinishedRunError, acquire,
+from utils.train.lock import acquire
+from utils.train.store import (METRICS, Run, RunWriter, TrainingDivergedError, UnfinishedRunError,
                                check_cached, finished, load_run, params_for, prepare_dir, read_config, read_state,
                                runs_dir, start_weights)
 
@@ -86,10 +87,7 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
     if dirs is None:
         return get_runs(cfgs, device=device, compile=compile, progress=progress, max_models=max_models,
                         max_padding=max_padding)
-    if max_models is not None and (isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1):
-        raise ValueError(f"max_models must be a positive integer or None, got {max_models!r}")
-    if isinstance(max_padding, bool) or not isinstance(max_padding, (int, float)) or not 0 <= max_padding <= 1:
-        raise ValueError(f"max_padding must be a number in [0, 1], got {max_padding!r}")
+    _check_batching(max_models, max_padding)
     device = check_device(device)
     for cfg, run_dir in zip(cfgs, dirs):  # refuse a directory holding another run before any work
         if (run_dir / "config.json").exists() and read_config(run_dir) != cfg:
@@ -99,18 +97,9 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
     try:
         for run_dir in sorted(dirs, key=lambda d: str(d.resolve())):  # a fixed order: no deadlock
             held.append(acquire(run_dir))
-        todo = []  # (index, step it resumes from)
-        for i, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
-            prepare_dir(cfg, run_dir)
-            state = read_state(run_dir, cfg)
-            if not finished(state):
-                todo.append((i, -1 if state is None else state["step"]))  # -1: a fresh run
-        # A batch shares shapes, the loop and the step it starts from (a resumed run joins runs at the same step).
-        groups: dict[tuple, list[int]] = {}
-        for i, start in todo:
-            groups.setdefault((_batch_key(cfgs[i]), start), []).append(i)
+        groups = _unfinished_groups(cfgs, dirs)
         diverged: list[str] = []
-        for members in groups.values():
+        for members in groups:
             for chunk in _chunks(members, [cfgs[i].n_train() for i in members], max_models, max_padding):
                 diverged += _Batch([cfgs[i] for i in chunk], [dirs[i] for i in chunk], device, compile).train(progress)
         if diverged:
@@ -119,6 +108,27 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
     finally:
         for lock in held:
             lock.release()
+
+
+def _check_batching(max_models: object, max_padding: object) -> None:
+    """Refuse a max_models that is not a positive integer (or None) and a max_padding outside [0, 1]."""
+    if max_models is not None and (isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1):
+        raise ValueError(f"max_models must be a positive integer or None, got {max_models!r}")
+    if isinstance(max_padding, bool) or not isinstance(max_padding, (int, float)) or not 0 <= max_padding <= 1:
+        raise ValueError(f"max_padding must be a number in [0, 1], got {max_padding!r}")
+
+
+def _unfinished_groups(cfgs: list[TrainConfig], dirs: list[Path]) -> list[list[int]]:
+    """Prepare every (locked) directory and group the unfinished runs that can train together: a batch shares
+    shapes, the loop and the step it starts from (a resumed run joins runs saved at the same step)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
+        prepare_dir(cfg, run_dir)
+        state = read_state(run_dir, cfg)
+        if not finished(state):
+            start = -1 if state is None else state["step"]  # -1: a fresh run
+            groups.setdefault((_batch_key(cfg), start), []).append(i)
+    return list(groups.values())
 
 
 def _chunks(members: list[int], sizes: list[int], max_models: int | None, max_padding: float) -> list[list[int]]:

@@ -16,8 +16,9 @@ from utils.forward import all_pairs, logits, stacked
 from utils.train.config import TrainConfig
 from utils.train.loop import (Compiled, GradientKnobs, check_device, check_finite, compile_default, loop, measure,
                               should_stop, train_loss)
+from utils.train.lock import holding
 from utils.train.store import (METRICS, Run, RunWriter, UnfinishedRunError, check_cached, check_optimizer_state,
-                               check_run_dir, finished, holding, load_run, params_for, prepare_dir, read_state,
+                               check_run_dir, finished, load_run, params_for, prepare_dir, read_state,
                                runs_dir, start_weights)
 
 __all__ = ["train", "get_run", "one_run_loss", "one_run_logits"]
@@ -38,7 +39,7 @@ def train(cfg: TrainConfig | None = None, run_dir: str | Path | None = None, *, 
         return get_run(cfg, device=device, compile=compile, progress=progress)
     run_dir = check_run_dir(run_dir)
     device = check_device(device)
-    compile = compile_default() if compile is None else compile
+    compile = compile_default(device) if compile is None else compile
     with holding(run_dir):
         prepare_dir(cfg, run_dir)
         if finished(read_state(run_dir, cfg)):
@@ -70,6 +71,7 @@ def _resume(state: dict, run_dir: Path, params: dict, optimizer: torch.optim.Opt
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, device: str, compile: bool, progress: bool) -> None:
     """train's body: run_dir is prepared and locked. The closures are the loop's four callbacks (see `loop`)."""
+    # Long (46 lines): the four closures share the run's state; as functions they would pass eight values around.
     state = read_state(run_dir, cfg)
     params = start_weights(cfg, device, fresh=state is None)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,

@@ -11,17 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
 
 from utils import REPO_ROOT
 from utils.data import make_dataset
@@ -70,9 +65,6 @@ def _announce_end(cfg: TrainConfig, label: str, reason: str, history: dict[str, 
                       RuntimeWarning, stacklevel=3)
 
 
-LOCK_NOTICE_S = 3.0  # how long to wait for a run directory's lock before saying who holds it
-
-
 def atomic_save(obj: object, path: Path) -> None:
     """Write with torch.save to a temporary file, fsync, then rename: a reader sees the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -94,45 +86,6 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     for folder in (run_dir, run_dir / "checkpoints"):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-
-
-def _lock(run_dir: Path) -> FileLock:
-    """run_dir's lock: one object per path in this process (so holding it twice is fine), shared with get_run."""
-    return FileLock(str(run_dir) + ".lock", is_singleton=True)
-
-
-def _owner_file(run_dir: Path) -> Path:
-    return Path(str(run_dir) + ".lock.owner")
-
-
-def acquire(run_dir: Path) -> FileLock:
-    """Take run_dir's lock; if another process holds it, say which (after LOCK_NOTICE_S seconds) and wait."""
-    lock = _lock(run_dir)
-    try:
-        lock.acquire(timeout=LOCK_NOTICE_S)
-    except Timeout:
-        try:
-            holder = _owner_file(run_dir).read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
-        print(f"{run_dir} is in use: waiting for process {holder} to release it (it is training or reading "
-              "this run; stop that process to go on) …", file=sys.stderr, flush=True)
-        lock.acquire()
-    if lock.lock_counter == 1:  # the first hold in this process: say who holds it
-        try:
-            _owner_file(run_dir).write_text(f"{os.getpid()} on {socket.gethostname()}\n")
-        except OSError:
-            pass
-    return lock
-
-
-@contextmanager
-def holding(run_dir: Path) -> Iterator[None]:
-    lock = acquire(run_dir)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
