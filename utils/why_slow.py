@@ -98,7 +98,7 @@ def collapse_claims(no_decay: dict[str, Run], base: Run) -> list[Claim]:
         Claim("without weight decay, ≥ 99% of the training pairs end collapsed in float32 (cross-entropy)",
               f"{end.collapsed:.1%} at step {plain.final_step}", end.collapsed >= 0.99),
         Claim("with weight decay, ≤ 5% are collapsed when test accuracy reaches 99%",
-              f"{at_grok.collapsed:.1%} at step {at_grok.step} (99% test accuracy at step {base_step})",
+              f"{at_grok.collapsed:.1%} at step {int(at_grok.step)} (99% test accuracy at step {base_step})",
               base_step is not None and at_grok.collapsed <= 0.05),
         Claim("in the course's trainer (float64 loss) ≤ 1% of the no-decay run's pairs have a zero gradient",
               f"{end.silent:.1%}; median answer margin {end['median margin']:.1f}", end.silent <= 0.01),
