@@ -13,6 +13,7 @@ LAYERS = {  # top-level name under utils/ → layer; a module may import from it
     "data": 0, "metrics": 0, "fourier": 0, "stability": 0,
     "model": 1, "forward": 1,
     "train": 2, "original": 2, "mechanism": 2, "ablation": 2, "progress": 2, "outcomes": 2, "claims": 2, "pizza": 2,
+    "why_slow": 2,
     "plotting": 3,
     "checks": 4,
 }

@@ -1,4 +1,4 @@
-"""Why grokking is slow, and what speeds it up (chapter 8): softmax collapse, StableMax, ⊥Grad and Grokfast.
+"""Why grokking is slow, and what speeds it up (chapter 9): softmax collapse, StableMax, ⊥Grad and Grokfast.
 
 Facts from the papers (their code is not used here):
 - Prieto et al. 2025, *Grokking at the Edge of Numerical Stability*: in float32, once the right logit leads by enough,
@@ -14,7 +14,8 @@ import torch
 
 from utils.metrics import mean_over_inputs
 
-__all__ = ["collapsed_share", "stablemax", "stablemax_cross_entropy", "orthogonal_gradient", "GradientEMA"]
+__all__ = ["collapsed_share", "silent_share", "answer_margin", "stablemax", "stablemax_cross_entropy",
+           "orthogonal_gradient", "GradientEMA", "grokfast_filter"]
 
 
 def collapsed_share(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,6 +28,35 @@ def collapsed_share(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tenso
     probs = logits.float().softmax(-1)
     answer = probs.gather(-1, labels.expand(*probs.shape[:-1])[..., None])[..., 0]
     return (answer == 1.0).double().mean(-1)
+
+
+def silent_share(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of the inputs idx whose gradient at the logits is exactly 0 in the course's trainer: [..., n, p] → [...].
+
+    The trainer's loss is the mean float64 cross-entropy over the n inputs; its gradient at a wrong answer's logit is
+    that answer's float64 probability / n, cast to float32, where utils.train flushes anything below float32's
+    smallest normal number (1.2e-38) to 0. When every wrong answer is that small, the answer's float64 probability
+    is exactly 1 as well, so the input's whole gradient is 0: it is collapsed for this trainer too, far later.
+    """
+    if idx is not None:
+        logits, labels = logits[..., idx, :], labels[idx]
+    probs = logits.double().softmax(-1)
+    wrong = probs.scatter(-1, labels.expand(*probs.shape[:-1])[..., None], 0.0)  # the answer's entry set to 0
+    return (wrong.amax(-1) / probs.shape[-2] < torch.finfo(torch.float32).tiny).double().mean(-1)
+
+
+def answer_margin(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """The answer's logit minus the largest other logit, for each input idx: [..., n, p] → [..., n] (float64).
+
+    Positive where the model is right. Softmax gives the answer a float32 probability of exactly 1 once the margin
+    exceeds about ln(p - 1) + 16.6 (the other p - 1 terms sum to under half of float32's spacing below 1).
+    """
+    if idx is not None:
+        logits, labels = logits[..., idx, :], labels[idx]
+    logits = logits.double()
+    index = labels.expand(*logits.shape[:-1])[..., None]
+    answer = logits.gather(-1, index)[..., 0]
+    return answer - logits.scatter(-1, index, -torch.inf).amax(-1)
 
 
 def _s(x: torch.Tensor) -> torch.Tensor:
@@ -92,3 +122,10 @@ class GradientEMA:
             alpha = self._per_model(self.alpha, grad)
             self.average[name].mul_(alpha).add_(grad * (1 - alpha))
         return grad + self._per_model(self.lamb, grad) * self.average[name]
+
+
+def grokfast_filter(grads: torch.Tensor, alpha: float = 0.98, lamb: float = 2.0) -> torch.Tensor:
+    """Grokfast's filter over a sequence of one parameter's gradients [T, ...] (step first): the gradients the
+    optimiser would receive, g_t + λ·h_t with h_0 = g_0 and h_t = α·h_{t-1} + (1 - α)·g_t (GradientEMA's rule)."""
+    ema = GradientEMA(alpha, lamb)
+    return torch.stack([ema("grad", g) for g in grads])
