@@ -42,10 +42,8 @@ benchmark: $(STAMP)  ## measure training speed, time to grok and batched trainin
 gpu-check: $(STAMP)  ## on a CUDA machine: the benchmarks, the paper's run and every chapter on the GPU (8 min); writes benchmarks/results/*_cuda.json
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-record:  ## after `make test`: copy its records (chapter times, check messages) to book/records/ for the instructor guide
-	test -f artifacts/chapter_times.json && test -f artifacts/check_messages.json || \
-	  { echo "no records in artifacts/: run 'make test' first"; exit 1; }
-	mkdir -p book/records && cp artifacts/chapter_times.json artifacts/check_messages.json book/records/
+record: $(STAMP)  ## after `make test`: merge its records (chapter times, check messages) into book/records/ for the instructor guide
+	$(PY) -m tools.records
 
 offline: book  ## for a room without internet: the book, every trained run and the code in dist/grokking-course-offline.tar.gz
 	mkdir -p dist

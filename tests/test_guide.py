@@ -76,3 +76,29 @@ def test_a_pitfall_shows_every_line_of_a_multi_line_check_message():
 def test_the_guide_shows_whole_check_messages():
     nb = nbformat.read(GUIDE, as_version=4)
     assert any("guide.pitfall_markdown(message)" in cell.source for cell in nb.cells if cell.cell_type == "code")
+
+
+def _write(path: Path, key: str, table: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"how": "test", key: table}))
+
+
+def test_make_record_keeps_newer_times_and_other_chapters(tmp_path):
+    from tools import records
+    artifacts, book = tmp_path / "artifacts", tmp_path / "records"
+    entry = lambda s, when: {"seconds": s, "cells": 3, "passed": True, "measured_at": when}
+    _write(book / records.TIMES, "notebooks", {"a.ipynb": entry(10, "2026-02-01"), "b.ipynb": entry(20, "2026-01-01"),
+                                               "c.ipynb": entry(30, "2026-01-01")})
+    _write(book / records.MESSAGES, "checks", {"check_a": ["old"], "check_b": ["kept"]})
+    _write(artifacts / records.TIMES, "notebooks", {"a.ipynb": entry(99, "2026-01-15"), "b.ipynb": entry(21, "2026-03-01")})
+    _write(artifacts / records.MESSAGES, "checks", {"check_a": ["new"]})
+    assert records.record(artifacts, book) == ["b.ipynb"]
+    times = json.loads((book / records.TIMES).read_text())["notebooks"]
+    assert {nb: e["seconds"] for nb, e in times.items()} == {"a.ipynb": 10, "b.ipynb": 21, "c.ipynb": 30}
+    assert json.loads((book / records.MESSAGES).read_text())["checks"] == {"check_a": ["new"], "check_b": ["kept"]}
+
+
+def test_make_record_without_a_test_run_says_what_to_do(tmp_path):
+    from tools import records
+    with pytest.raises(FileNotFoundError, match="run `make test` first"):
+        records.record(tmp_path / "artifacts", tmp_path / "records")

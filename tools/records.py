@@ -5,7 +5,9 @@ Loaded as a pytest plugin by the root conftest.py. After a test run:
   included) and whether every cell passed; entries for notebooks not run this time are kept;
 - artifacts/check_messages.json: per exercise check, the messages it gave the wrong answers in
   tests/checks/ (recorded through `record_check_message`), i.e. the pitfalls it recognises.
-`make record` copies both into book/records/, the files the instructor guide's tables are computed from.
+`make record` (`python -m tools.records`) merges both into book/records/, the files the instructor guide's tables
+are computed from: a notebook's time is replaced only by a later measurement, so a stale artifacts/ cannot overwrite
+newer records, and chapters not run this time keep theirs.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -84,3 +87,39 @@ def pytest_sessionfinish(session) -> None:
     if _messages:
         _merge(ARTIFACTS / MESSAGES, "checks", dict(_messages),
                "the CheckFailed messages each exercise check gave the wrong answers in tests/checks/")
+
+
+def _table(path: Path, key: str) -> dict:
+    """The `key` table of the JSON record at path ({} if the file is missing)."""
+    return json.loads(path.read_text())[key] if path.is_file() else {}
+
+
+def newer_times(old: dict, new: dict) -> dict:
+    """Chapter times from both records; for a notebook in both, the later measurement."""
+    return dict(sorted({**old, **{nb: entry for nb, entry in new.items()
+                                  if nb not in old or entry["measured_at"] >= old[nb]["measured_at"]}}.items()))
+
+
+def record(artifacts: Path = ARTIFACTS, records: Path = BOOK_RECORDS) -> list[str]:
+    """Merge artifacts/'s records into book/records/; returns the notebooks whose time changed."""
+    if not ((artifacts / TIMES).is_file() and (artifacts / MESSAGES).is_file()):
+        raise FileNotFoundError(f"no records in {artifacts}/: run `make test` first")
+    changed = []
+    for name, key, merge in ((TIMES, "notebooks", newer_times), (MESSAGES, "checks", lambda a, b: {**a, **b})):
+        new = json.loads((artifacts / name).read_text())
+        old = _table(records / name, key)
+        merged = merge(old, new[key])
+        if name == TIMES:
+            changed = [nb for nb in merged if old.get(nb) != merged[nb]]
+        records.mkdir(parents=True, exist_ok=True)
+        (records / name).write_text(json.dumps({**new, key: dict(sorted(merged.items()))}, indent=2,
+                                               ensure_ascii=False) + "\n")
+    return changed
+
+
+if __name__ == "__main__":
+    try:
+        updated = record()
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        sys.exit(f"make record: {error}")
+    print("book/records/ updated; new chapter times for:", ", ".join(updated) or "none")
