@@ -7,7 +7,7 @@
 
 The set is chapter 6's (utils.train.robustness_config for every modulus in ROBUSTNESS_MODULI and seed in
 ROBUSTNESS_SEEDS, as the chapter builds it): the workshop preset with ROBUSTNESS_OVERRIDES (a larger learning rate
-and weight decay). The chapter's runs stop by the preset's stop rule, each at its own step; here, so that both ways
+and weight decay). The chapter's runs stop by the chapter's stop rule, each at its own step; here, so that both ways
 do the same work, the stop rule is off and every run trains a fixed number of steps per modulus (STEPS below, or
 --steps). Two measurements:
 - ms per step: one training step of every run in the set, batched (`utils.train.train_many`: one step per
@@ -46,7 +46,7 @@ LABELS = {"one after another (train)": "one after another (`train`, its default:
           "batched (train_many, default)": "batched (`train_many`, eager, the default)",
           "batched, torch.compile": "batched, `torch.compile`"}  # the README's words for the rows
 SEEDS, MODULI = ROBUSTNESS_SEEDS, ROBUSTNESS_MODULI  # chapter 6's robustness set
-STEPS = {97: 1500, 113: 1000}  # the fixed budget each run trains here (stop rule off), for timing: modulus → steps
+STEPS = {89: 1500, 97: 1500}  # the fixed budget each run trains here (stop rule off), for timing: modulus → steps
 
 
 def robustness_set(steps: int | None = None) -> list[TrainConfig]:
