@@ -82,3 +82,36 @@ def test_train_many_times_chapter_6s_runs_with_the_stop_rule_off():
     for c in cfgs:
         assert c == robustness_config(c.p, c.seed, steps=train_many.STEPS[c.p], stop_margin=0)
         assert c.stop_margin == 0 and robustness_config(c.p, c.seed).stop_margin > 0
+
+
+BOOK_LOG = """00:00:00 test -x .venv/bin/python || python3 -m venv .venv
+00:02:50 .venv/bin/python -m utils.train --preset workshop
+00:04:00 .venv/bin/jupyter-book build . -W -n --keep-going
+00:05:31 /tmp/x/repo/solutions/01_training.ipynb: Executed notebook in 90.50 seconds [mystnb]
+00:05:40 /tmp/x/repo/book/instructor_guide.ipynb: Executed notebook in 1.20 seconds [mystnb]
+00:10:40 /tmp/x/repo/solutions/06_beyond.ipynb: Executed notebook in 299.00 seconds [mystnb]
+00:14:40 /tmp/x/repo/solutions/07_authors_model.ipynb: Executed notebook in 240.00 seconds [mystnb]
+00:15:00 done"""
+
+
+def test_book_build_log_gives_each_phase_and_each_notebook():
+    from benchmarks import book_build
+    result = book_build.parse_log(BOOK_LOG)
+    assert result["phases_s"] == {"install": 170, "workshop run": 70, "book build": 660}
+    assert result["total_s"] == 900
+    assert result["notebooks_s"] == {"book/instructor_guide.ipynb": 1.2, "solutions/01_training.ipynb": 90.5,
+                                     "solutions/06_beyond.ipynb": 299.0, "solutions/07_authors_model.ipynb": 240.0}
+
+
+def test_book_build_budgets_are_per_chapter_and_grow_with_later_chapters():
+    from benchmarks import book_build
+    verdict = book_build.within_budget(book_build.parse_log(BOOK_LOG))
+    assert verdict["solutions/06_beyond.ipynb"]  # trains many models: 5 minutes
+    assert not verdict["solutions/07_authors_model.ipynb"]  # 4 minutes against 3
+    assert verdict["make book"]  # 15 minutes against 12 + chapter 7's 3
+
+
+def test_book_build_refuses_a_log_without_its_phases():
+    from benchmarks import book_build
+    with pytest.raises(ValueError, match="not a stamped `make book` log"):
+        book_build.parse_log("pip install ...\nExecuted notebook in 3 seconds")
