@@ -109,9 +109,20 @@ def test_book_build_budgets_are_per_chapter_and_grow_with_later_chapters():
     assert verdict["solutions/06_beyond.ipynb"]  # trains many models: 5 minutes
     assert not verdict["solutions/07_authors_model.ipynb"]  # 4 minutes against 3
     assert verdict["make book"]  # 15 minutes against 12 + chapter 7's 3
+    assert verdict["make book, chapters 1-6"]  # 15 minutes less chapter 7's 4: 11 against 12
+    assert book_build.chapters_1_to_6_s(book_build.parse_log(BOOK_LOG)) == 660
 
 
 def test_book_build_refuses_a_log_without_its_phases():
     from benchmarks import book_build
     with pytest.raises(ValueError, match="not a stamped `make book` log"):
         book_build.parse_log("pip install ...\nExecuted notebook in 3 seconds")
+
+
+def test_readme_book_build_figures_are_generated_from_the_results_file():
+    from benchmarks import book_build
+    result = json.loads(book_build.RESULTS.read_text())
+    text = (REPO_ROOT / "README.md").read_text()
+    assert book_build.readme_with_figures(text, result) == text, \
+        "README.md's book_build figures differ from benchmarks/results/book_build.json: run " \
+        "`.venv/bin/python benchmarks/book_build.py --readme`"
