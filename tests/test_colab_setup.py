@@ -19,7 +19,6 @@ import pytest
 from tools import notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
-COURSE_FILES = ("utils", "_config.yml", "requirements.txt")
 PRETEND_MISSING = "einops"  # the first run sees a Colab without it, so the cell installs it (already in the venv)
 
 # Runs the setup cell twice in one namespace (a re-run in the same kernel), recording the commands it
@@ -60,22 +59,23 @@ print(json.dumps({"runs": runs, "in_colab": kernel["IN_COLAB"], "course_dir": ke
 """
 
 
-def git(*args: str, cwd: Path) -> None:
-    """Run git with a throwaway identity, failing loudly."""
-    subprocess.run(["git", "-c", "user.name=Course Test", "-c", "user.email=test@example.invalid",
-                    "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+def git(*args: str, cwd: Path) -> str:
+    """Run git with a throwaway identity, failing loudly; its output."""
+    return subprocess.run(["git", "-c", "user.name=Course Test", "-c", "user.email=test@example.invalid",
+                           "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True, timeout=30).stdout
 
 
 def make_remote(tmp_path: Path, branch: str) -> Path:
-    """A local git repository holding the course files of this working tree, committed on `branch`."""
+    """A local git repository holding this working tree's tracked files (what a clone from GitHub gets: the
+    notebooks read files outside utils/, e.g. book/_static/), as they are now, committed on `branch`."""
     remote = tmp_path / "remote"
     remote.mkdir()
-    for name in COURSE_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, remote / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy(source, remote / name)
+    tracked = git("ls-files", "-z", cwd=ROOT).split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():  # a file deleted but not yet committed is left out, as in the next commit
+            (remote / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, remote / name)
     git("init", "--quiet", f"--initial-branch={branch}", cwd=remote)
     git("add", "--all", cwd=remote)
     git("commit", "--quiet", "--message", "the course", cwd=remote)
