@@ -17,8 +17,8 @@ def interrupt_after(monkeypatch):
     real_save = S.atomic_save
 
     def arm(step: int):
-        def save_then_stop(obj, path):
-            real_save(obj, path)
+        def save_then_stop(obj, path, *staged):
+            real_save(obj, path, *staged)
             if path.name == "state.pt" and obj["step"] == step:
                 raise KeyboardInterrupt
         monkeypatch.setattr(S, "atomic_save", save_then_stop)

@@ -65,8 +65,8 @@ KILL_AFTER_CHECKPOINT = """
     import utils.train as T
     import utils.train.store as S
     real_save = S.atomic_save
-    def save_then_die(obj, path):
-        real_save(obj, path)
+    def save_then_die(obj, path, *staged):
+        real_save(obj, path, *staged)
         if path.name == "state.pt" and obj["step"] >= {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a real crash
     S.atomic_save = save_then_die
@@ -290,8 +290,8 @@ PAUSE_AT = """
     import utils.train as T
     import utils.train.store as S
     real_save = S.atomic_save
-    def save_then_pause(obj, path):
-        real_save(obj, path)
+    def save_then_pause(obj, path, *staged):
+        real_save(obj, path, *staged)
         if path.name == "state.pt" and obj["step"] == {pause_at}:
             os.kill(os.getpid(), signal.SIGSTOP)  # a paused writer (Ctrl-Z, a laptop asleep, a debugger)
     S.atomic_save = save_then_pause

@@ -106,14 +106,38 @@ def test_crashed_batch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
     real_save = S.atomic_save
 
-    def crash_after_step_20(obj, path):
-        real_save(obj, path)
+    def crash_after_step_20(obj, path, *staged):
+        real_save(obj, path, *staged)
         if path.name == "state.pt" and obj["step"] == 20 and path.parent == dirs[-1]:
             raise KeyboardInterrupt  # after both runs saved step 20
     monkeypatch.setattr(S, "atomic_save", crash_after_step_20)
     with pytest.raises(KeyboardInterrupt):
         train_many(cfgs, dirs, compile=False, progress=False)
     monkeypatch.setattr(S, "atomic_save", real_save)
+    resumed = train_many(cfgs, dirs, compile=False, progress=False)
+    for run, ref in zip(resumed, reference):
+        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
+        assert run.metrics[SAME].equals(ref.metrics[SAME])
+
+
+
+def test_a_batch_killed_while_writing_leaves_every_run_at_one_step_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """Runs saved at different steps would resume in separate batches, which round differently from the batch."""
+    cfgs = [tiny(seed=s) for s in range(2)]
+    dirs = [tmp_path / f"run{s}" for s in range(2)]
+    reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
+    real_stage = S._save_temporary
+
+    def die_while_writing_the_last_state(obj, path):
+        if path.name == "state.pt" and obj["step"] == 20 and path.parent == dirs[-1]:
+            raise KeyboardInterrupt  # the first run's files for step 20 are written, not yet renamed
+        return real_stage(obj, path)
+    monkeypatch.setattr(S, "_save_temporary", die_while_writing_the_last_state)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(S, "_save_temporary", real_stage)
+    saved = {torch.load(d / "state.pt", weights_only=True)["step"] for d in dirs}
+    assert len(saved) == 1 and saved.pop() < 20
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
     for run, ref in zip(resumed, reference):
         assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())

@@ -15,6 +15,7 @@ is off by default here: on the course's CPU it made the batched step slower (the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -233,13 +234,18 @@ class _Batch:
 
     def save(self, i: int, step: int, final: bool) -> None:
         """Write model i's checkpoint and state at `step` (its final one if `final`)."""
+        self.stage(i, step, final)()
+
+    def stage(self, i: int, step: int, final: bool) -> Callable[[], None]:
+        """Model i's files at `step` written as temporaries; the commit that renames them (RunWriter.stage)."""
         lr = self.cfgs[i].lr if step == 0 else self.optimizer.lrs(step - 1)[i]  # the lr of the last update
-        self.writers[i].save(step, {k: v[i] for k, v in self.params.items()}, self.optimizer.state_dict(i, lr),
-                             self.histories[i], self.step_loss.active, final)
+        return self.writers[i].stage(step, {k: v[i] for k, v in self.params.items()},
+                                     self.optimizer.state_dict(i, lr), self.histories[i], self.step_loss.active, final)
 
     def checkpoint(self, step: int, final: bool) -> None:
-        for i in range(len(self.cfgs)):
-            self.save(i, step, final)
+        """Save every model at `step`: all written first, then all committed, so they resume together."""
+        for commit in [self.stage(i, step, final) for i in range(len(self.cfgs))]:
+            commit()
 
     def keep(self, rows: list[int]) -> None:
         """Go on with models `rows` only (the others stopped or diverged): they never change again."""

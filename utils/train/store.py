@@ -12,6 +12,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +66,20 @@ def _announce_end(cfg: TrainConfig, label: str, reason: str, history: dict[str, 
                       RuntimeWarning, stacklevel=3)
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """Write with torch.save to a temporary file, fsync, then rename: a reader sees the old or the new file."""
+def atomic_save(obj: object, path: Path, staged: Path | None = None) -> None:
+    """Write with torch.save to a temporary file, fsync, then rename: a reader sees the old or the new file.
+    With `staged` (a temporary already holding obj: _save_temporary), only the rename is left to do."""
+    os.replace(staged or _save_temporary(obj, path), path)
+
+
+def _save_temporary(obj: object, path: Path) -> Path:
+    """torch.save obj to a synced temporary file next to path (renaming it onto path is the commit)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -342,6 +349,13 @@ class RunWriter:
     def save(self, step: int, params: dict[str, torch.Tensor], optimizer: dict, history: dict[str, list],
              compiled: bool, final: bool) -> None:
         """Write the run at `step`: weights (on any device), AdamW state in torch's format, metrics so far."""
+        self.stage(step, params, optimizer, history, compiled, final)()
+
+    def stage(self, step: int, params: dict[str, torch.Tensor], optimizer: dict, history: dict[str, list],
+              compiled: bool, final: bool) -> Callable[[], None]:
+        """Write the files of `save` as synced temporaries; returns the commit, which renames them into place.
+        A batch stages every run before committing any, so a kill while writing leaves every run at the same step
+        (runs saved at different steps would resume in separate batches, which round differently)."""
         cfg, run_dir = self.cfg, self.run_dir
         cpu = {k: v.detach().cpu().clone() for k, v in params.items()}
         if not all(torch.isfinite(v).all() for v in cpu.values()):
@@ -351,11 +365,17 @@ class RunWriter:
                  "compiled": self.compiled_before + [compiled]}  # how each training session ran (see Compiled)
         if final:
             state["stopped"] = _stop_reason(cfg, step < cfg.steps)
-        atomic_save({"config_key": cfg.key(), "step": step, "params": cpu}, checkpoint_path(run_dir, step))
-        atomic_save(state, run_dir / "state.pt")
-        if final:
-            atomic_write_text(run_dir / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
-            _announce_end(cfg, cfg.run_name(), state["stopped"], history)
+        checkpoint = checkpoint_path(run_dir, step)
+        files = [({"config_key": cfg.key(), "step": step, "params": cpu}, checkpoint), (state, run_dir / "state.pt")]
+        staged = [(obj, path, _save_temporary(obj, path)) for obj, path in files]
+
+        def commit() -> None:
+            for obj, path, tmp in staged:  # the checkpoint first: state.pt never names a step whose file is missing
+                atomic_save(obj, path, tmp)
+            if final:
+                atomic_write_text(run_dir / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
+                _announce_end(cfg, cfg.run_name(), state["stopped"], history)
+        return commit
 
 
 def runs_dir() -> Path:
