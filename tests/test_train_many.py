@@ -144,6 +144,35 @@ def test_a_batch_killed_while_writing_leaves_every_run_at_one_step_and_resumes_b
         assert run.metrics[SAME].equals(ref.metrics[SAME])
 
 
+def test_a_batch_interrupted_after_a_run_left_it_resumes_the_others_where_it_shrank_bit_identically(tmp_path,
+                                                                                                   monkeypatch):
+    """The staying runs are saved where the batch shrinks: resumed from an earlier save they would train alone
+    where they had trained together, and a batch of another size rounds differently."""
+    cfgs = [tiny(p=23, steps=120, eval_every=2), tiny(p=23, seed=1, steps=120, eval_every=2, stop_margin=20,
+                                                       stop_test_acc=0.05, stop_loss_fall=1.5)]
+    reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
+    left = int(reference[1].metrics.step.iloc[-1])
+    assert reference[1].stop_reason != "all steps" and left % cfgs[0].checkpoint_every, "pick a stop off the schedule"
+    dirs = [tmp_path / f"run{s}" for s in range(2)]
+    real_save = S.atomic_save
+
+    def stop_once_a_run_left(obj, path, *staged):
+        real_save(obj, path, *staged)
+        if path == dirs[1] / "state.pt" and "stopped" in obj:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(S, "atomic_save", stop_once_a_run_left)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(S, "atomic_save", real_save)
+    assert torch.load(dirs[0] / "state.pt", weights_only=True)["step"] == left
+    assert not (dirs[0] / "checkpoints" / f"step_{left:06d}.pt").exists()  # a resume point, not a checkpoint
+    resumed = train_many(cfgs, dirs, compile=False, progress=False)
+    for run, ref in zip(resumed, reference):
+        assert run.checkpoint_steps == ref.checkpoint_steps
+        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
+        assert run.metrics[SAME].equals(ref.metrics[SAME])
+
+
 # --- grouping ----------------------------------------------------------------------------------------------
 def test_incompatible_configs_train_in_separate_batches_and_come_back_in_order(tmp_path, monkeypatch):
     short = lambda **kw: tiny(**{"steps": 10, "checkpoint_every": 10, "eval_every": 5, **kw})  # noqa: E731

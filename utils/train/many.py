@@ -163,7 +163,7 @@ class _Batch:
                 params_for(w, state["params"], run_dir / "state.pt", run_dir)
         self.params = {k: torch.stack([w[k].detach() for w in weights]).requires_grad_(True) for k in weights[0]}
         self.optimizer = BatchedAdamW(self.params, self.cfgs)
-        self.histories, self.offsets, self.writers, self.start = [], [], [], 0
+        self.histories, self.offsets, self.writers, self.start, self.saved = [], [], [], 0, -1
         for i, (cfg, state, run_dir) in enumerate(zip(cfgs, states, dirs)):
             if state is not None:
                 self.optimizer.load(i, state["optimizer"], state["step"], run_dir / "state.pt", run_dir)
@@ -226,24 +226,37 @@ class _Batch:
             for k, v in values.items():
                 self.histories[i][k].append(v)
             if should_stop(self.cfgs[i], self.histories[i]):
-                self.save(i, step, final=True)
                 done.append(i)
-        if len(ok) - len(done) < len(self.cfgs):
-            self.keep([i for i in ok if i not in done])
+        staying = [i for i in ok if i not in done]
+        if done:
+            self.leave(step, done, staying)
+        if len(staying) < len(self.cfgs):
+            self.keep(staying)
         return not self.cfgs
 
-    def save(self, i: int, step: int, final: bool) -> None:
-        """Write model i's checkpoint and state at `step` (its final one if `final`)."""
-        self.stage(i, step, final)()
-
-    def stage(self, i: int, step: int, final: bool) -> Callable[[], None]:
+    def stage(self, i: int, step: int, final: bool, checkpoint: bool = True) -> Callable[[], None]:
         """Model i's files at `step` written as temporaries; the commit that renames them (RunWriter.stage)."""
         lr = self.cfgs[i].lr if step == 0 else self.optimizer.lrs(step - 1)[i]  # the lr of the last update
-        return self.writers[i].stage(step, {k: v[i] for k, v in self.params.items()},
-                                     self.optimizer.state_dict(i, lr), self.histories[i], self.step_loss.active, final)
+        return self.writers[i].stage(step, {k: v[i] for k, v in self.params.items()}, self.optimizer.state_dict(i, lr),
+                                     self.histories[i], self.step_loss.active, final, checkpoint)
+
+    def leave(self, step: int, done: list[int], staying: list[int]) -> None:
+        """Models `done` stop at `step`: their final files and the staying models' state at `step` (a checkpoint
+        too if one is due), committed together. A resume then finds the staying models at the step where the batch
+        shrank; resumed from an earlier save they would train alone where they had trained together, and a batch of
+        another size rounds differently (they would not be bit-identical to a run never interrupted)."""
+        c = self.cfgs[0]
+        due = step % c.checkpoint_every == 0 or step == c.steps
+        commits = ([self.stage(i, step, final=False, checkpoint=due) for i in staying]
+                   + [self.stage(i, step, final=True) for i in done])
+        for commit in commits:
+            commit()
+        self.saved = step
 
     def checkpoint(self, step: int, final: bool) -> None:
         """Save every model at `step`: all written first, then all committed, so they resume together."""
+        if step == self.saved and not final:  # `leave` saved them at this step already
+            return
         for commit in [self.stage(i, step, final) for i in range(len(self.cfgs))]:
             commit()
 

@@ -352,10 +352,11 @@ class RunWriter:
         self.stage(step, params, optimizer, history, compiled, final)()
 
     def stage(self, step: int, params: dict[str, torch.Tensor], optimizer: dict, history: dict[str, list],
-              compiled: bool, final: bool) -> Callable[[], None]:
+              compiled: bool, final: bool, checkpoint: bool = True) -> Callable[[], None]:
         """Write the files of `save` as synced temporaries; returns the commit, which renames them into place.
         A batch stages every run before committing any, so a kill while writing leaves every run at the same step
-        (runs saved at different steps would resume in separate batches, which round differently)."""
+        (runs saved at different steps would resume in separate batches, which round differently). Without
+        `checkpoint`, only state.pt: a resume point off the checkpoint schedule."""
         cfg, run_dir = self.cfg, self.run_dir
         cpu = {k: v.detach().cpu().clone() for k, v in params.items()}
         if not all(torch.isfinite(v).all() for v in cpu.values()):
@@ -365,12 +366,13 @@ class RunWriter:
                  "compiled": self.compiled_before + [compiled]}  # how each training session ran (see Compiled)
         if final:
             state["stopped"] = _stop_reason(cfg, step < cfg.steps)
-        checkpoint = checkpoint_path(run_dir, step)
-        files = [({"config_key": cfg.key(), "step": step, "params": cpu}, checkpoint), (state, run_dir / "state.pt")]
+        files = [(state, run_dir / "state.pt")]
+        if checkpoint:  # committed before state.pt, so state.pt never names a checkpoint still missing
+            files.insert(0, ({"config_key": cfg.key(), "step": step, "params": cpu}, checkpoint_path(run_dir, step)))
         staged = [(obj, path, _save_temporary(obj, path)) for obj, path in files]
 
         def commit() -> None:
-            for obj, path, tmp in staged:  # the checkpoint first: state.pt never names a step whose file is missing
+            for obj, path, tmp in staged:
                 atomic_save(obj, path, tmp)
             if final:
                 atomic_write_text(run_dir / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
