@@ -12,6 +12,7 @@ import torch
 
 from utils.data import make_dataset, train_test_split
 from utils.train import Compiled, TrainConfig, run_model, trainable_params
+from utils.train.heap import keep_freed_memory
 from utils.train.single import one_run_loss
 
 
@@ -20,7 +21,9 @@ def default_device() -> str:
 
 
 def fast_loop(cfg: TrainConfig, compile: bool, device: str = "cpu") -> Callable[[], None]:
-    """One training step as `utils.train.train` takes it (its loss, fused AdamW, optionally torch.compile)."""
+    """One training step as `utils.train.train` takes it (its loss, fused AdamW, optionally torch.compile, freed
+    memory kept for reuse: process-wide, so every loop measured after this one runs with it too)."""
+    keep_freed_memory()
     params = trainable_params(run_model(cfg, device))
     tokens, labels = (t.to(device) for t in make_dataset(cfg.p, cfg.op))
     idx = train_test_split(cfg.p, cfg.frac_train, cfg.seed)[0].to(device)

@@ -14,6 +14,7 @@ from utils.forward import logits
 from utils.metrics import accuracy, cross_entropy
 from utils.stability import GradientEMA, orthogonal_gradient, stablemax_cross_entropy
 from utils.train.config import TrainConfig
+from utils.train.heap import keep_freed_memory
 from utils.train.store import diverged
 
 __all__ = ["train_loss", "LOSSES", "GradientKnobs", "Compiled", "measure", "should_stop", "loop", "check_device"]
@@ -179,6 +180,7 @@ def loop(cfg: TrainConfig, start: int, fresh: bool, label: str, progress: bool, 
     The progress bar redraws at most once a second: in a notebook every redraw is a message to the front end, and a
     kernel that sends thousands of them during one cell can drop some (nbval then times out waiting for the cell).
     """
+    keep_freed_memory()  # the next step reuses this step's memory (utils.train.heap)
     torch.set_flush_denormal(True)
     bar = tqdm(total=cfg.steps, initial=start, desc=label, disable=not progress, dynamic_ncols=True, mininterval=1.0)
     try:
