@@ -1,4 +1,4 @@
-"""utils.train.heap: with freed memory kept, a training step reuses the last step's pages instead of faulting in new ones."""
+"""utils.train.heap: with freed memory kept, a training step reuses the last step's pages, not fresh ones."""
 import subprocess
 import sys
 import textwrap

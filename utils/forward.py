@@ -101,8 +101,8 @@ def _mlp(resid: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 class _ReluMLP(torch.autograd.Function):
     """ReLU(x · W_in) · W_out with a hand-written backward, bit-identical to autograd's: the ReLU and its gradient
-    work in place (autograd allocates a new [M, n, m] tensor for each; on a CPU those passes over memory are
-    the largest cost of the step after the matrix products). Compiled, inductor fuses them itself."""
+    work in place, where autograd writes each into a new [M, n, m] tensor (megabytes per step, and on a CPU the
+    largest element-wise cost of the step). Compiled, inductor fuses them itself."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, W_in: torch.Tensor, W_out: torch.Tensor) -> torch.Tensor:
