@@ -79,9 +79,8 @@ def logits(params: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
     values = _plus_bias(einops.einsum(x, W_V, "M t i d, M h d e -> M t i h e"), params, "blocks.0.attn.b_V", 2)
     value2 = _plus_bias(einops.einsum(x2, W_V, "M d, M h d e -> M h e"), params, "blocks.0.attn.b_V")
     rows = _Rows.apply
-    # [3, M, n, h]: the key position leads (a CPU's softmax over a last axis of 3 is some 30 times slower)
     attn = torch.stack([rows(scores[:, :, 0], a), rows(scores[:, :, 1], b),
-                        score2[:, None].expand(-1, a.shape[1], -1)]).softmax(0)
+                        score2[:, None].expand(-1, a.shape[1], -1)], dim=-1).softmax(-1)  # [M, n, h, 3]
     attn = _mix_uniform(attn, attention_rate)
     resid = _plus_bias(x2[:, None] + _attention_output(attn, values, value2, W_O, a, b), params,
                        "blocks.0.attn.b_O", 1)  # [M, n, d]
@@ -121,21 +120,21 @@ class _ReluMLP(torch.autograd.Function):
 
 def _attention_output(attn: torch.Tensor, values: torch.Tensor, value2: torch.Tensor, W_O: torch.Tensor,
                       a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ_heads Σ_positions attn · value · W_O at position 2: attn [3, M, n, h], values [M, p, 2, h, e] (tokens at
+    """Σ_heads Σ_positions attn · value · W_O at position 2: attn [M, n, h, 3], values [M, p, 2, h, e] (tokens at
     positions 0, 1), value2 [M, h, e] → [M, n, d]. The heads are mixed first with products and sums (an einsum would
     make n tiny matrix products), then W_O is one large matrix product over the pairs: the per-pair tensors stay
     d_head wide per head, not d_model wide."""
     rows = _Rows.apply
-    z = (attn[0, ..., None] * rows(values[:, :, 0], a) + attn[1, ..., None] * rows(values[:, :, 1], b)
-         + attn[2, ..., None] * value2[:, None])  # [M, n, h, e]
+    z = (attn[..., 0, None] * rows(values[:, :, 0], a) + attn[..., 1, None] * rows(values[:, :, 1], b)
+         + attn[..., 2, None] * value2[:, None])  # [M, n, h, e]
     return z.flatten(-2) @ W_O.flatten(1, 2)
 
 
 def _mix_uniform(attn: torch.Tensor, rate: float | torch.Tensor) -> torch.Tensor:
-    """α·attn + (1 - α)/3 for the query at position 2 (it sees 3 keys): attn [3, M, n, h], α a number or [M]."""
+    """α·attn + (1 - α)/3 for the query at position 2 (it sees 3 keys): attn [M, n, h, 3], α a number or [M]."""
     if isinstance(rate, (int, float)):
         return attn if rate == 1 else rate * attn + (1 - rate) / 3
-    rate = rate.to(attn).view(1, -1, 1, 1)
+    rate = rate.to(attn).view(-1, 1, 1, 1)
     return rate * attn + (1 - rate) / 3
 
 
