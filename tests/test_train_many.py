@@ -144,6 +144,57 @@ def test_a_batch_killed_while_writing_leaves_every_run_at_one_step_and_resumes_b
         assert run.metrics[SAME].equals(ref.metrics[SAME])
 
 
+def test_a_batch_killed_between_two_runs_renames_is_completed_on_resume_and_stays_bit_identical(tmp_path,
+                                                                                                monkeypatch):
+    """Renames can block (a busy file system), and a SIGKILL takes effect when the call returns: between two runs'
+    renames. The batch's record of its renames lets the resume finish them, so both runs resume together."""
+    cfgs = [tiny(seed=s) for s in range(2)]
+    dirs = [tmp_path / f"run{s}" for s in range(2)]
+    reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
+    real_save = S.atomic_save
+
+    def die_after_the_first_runs_state(obj, path, *staged):
+        real_save(obj, path, *staged)
+        if path == dirs[0] / "state.pt" and obj["step"] == 20:
+            raise KeyboardInterrupt  # the second run's files for step 20 are staged, not yet renamed
+    monkeypatch.setattr(S, "atomic_save", die_after_the_first_runs_state)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(S, "atomic_save", real_save)
+    assert [torch.load(d / "state.pt", weights_only=True)["step"] for d in dirs] == [20, 0]
+    assert all((d / S.PENDING).exists() for d in dirs)
+    resumed = train_many(cfgs, dirs, compile=False, progress=False)
+    assert not any((d / S.PENDING).exists() for d in dirs)
+    for run, ref in zip(resumed, reference):
+        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
+        assert run.metrics[SAME].equals(ref.metrics[SAME])
+
+
+def test_a_single_run_opened_alone_completes_its_own_part_of_an_interrupted_batch_commit(tmp_path, monkeypatch):
+    cfgs = [tiny(seed=s) for s in range(2)]
+    dirs = [tmp_path / f"run{s}" for s in range(2)]
+    real_save = S.atomic_save
+
+    def die_after_the_first_runs_state(obj, path, *staged):
+        real_save(obj, path, *staged)
+        if path == dirs[0] / "state.pt" and obj["step"] == 20:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(S, "atomic_save", die_after_the_first_runs_state)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(S, "atomic_save", real_save)
+    S.prepare_dir(cfgs[1], dirs[1])  # what `train` does first
+    assert torch.load(dirs[1] / "state.pt", weights_only=True)["step"] == 20
+    assert not (dirs[1] / S.PENDING).exists() and (dirs[0] / S.PENDING).exists()
+
+
+def test_a_damaged_batch_commit_record_is_refused_with_what_to_do(tmp_path):
+    run = train(tiny(steps=20), tmp_path / "run", compile=False, progress=False)
+    (run.run_dir / S.PENDING).write_text("{not json")
+    with pytest.raises(S.CheckpointError, match="Delete .*batch-commit.json"):
+        S.prepare_dir(run.config, run.run_dir)
+
+
 def test_a_batch_interrupted_after_a_run_left_it_resumes_the_others_where_it_shrank_bit_identically(tmp_path,
                                                                                                    monkeypatch):
     """The staying runs are saved where the batch shrinks: resumed from an earlier save they would train alone

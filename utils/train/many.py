@@ -29,8 +29,8 @@ from utils.train.loop import (Compiled, GradientKnobs, check_device, check_finit
                               train_loss)
 from utils.train.lock import acquire
 from utils.train.store import (METRICS, Run, RunWriter, TrainingDivergedError, UnfinishedRunError,
-                               check_cached, finished, load_run, params_for, prepare_dir, read_config, read_state,
-                               runs_dir, start_weights)
+                               check_cached, commit_together, finish_pending_commits, finished, load_run, params_for,
+                               prepare_dir, read_config, read_state, runs_dir, start_weights)
 
 __all__ = ["train_many", "get_runs", "batches", "BATCH_FIELDS"]
 
@@ -98,6 +98,7 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
     try:
         for run_dir in sorted(dirs, key=lambda d: str(d.resolve())):  # a fixed order: no deadlock
             held.append(acquire(run_dir))
+        finish_pending_commits([d for d in dirs if d.is_dir()])  # before any directory drops its temporaries
         groups = _unfinished_groups(cfgs, dirs)
         diverged: list[str] = []
         for members in groups:
@@ -247,18 +248,16 @@ class _Batch:
         another size rounds differently (they would not be bit-identical to a run never interrupted)."""
         c = self.cfgs[0]
         due = step % c.checkpoint_every == 0 or step == c.steps
-        commits = ([self.stage(i, step, final=False, checkpoint=due) for i in staying]
-                   + [self.stage(i, step, final=True) for i in done])
-        for commit in commits:
-            commit()
+        order = staying + done
+        commit_together([self.stage(i, step, final=i in done, checkpoint=due or i in done) for i in order],
+                        [self.dirs[i] for i in order])
         self.saved = step
 
     def checkpoint(self, step: int, final: bool) -> None:
         """Save every model at `step`: all written first, then all committed, so they resume together."""
         if step == self.saved and not final:  # `leave` saved them at this step already
             return
-        for commit in [self.stage(i, step, final) for i in range(len(self.cfgs))]:
-            commit()
+        commit_together([self.stage(i, step, final) for i in range(len(self.cfgs))], self.dirs)
 
     def keep(self, rows: list[int]) -> None:
         """Go on with models `rows` only (the others stopped or diverged): they never change again."""

@@ -24,6 +24,9 @@ from utils.data import make_dataset
 from utils.model import (CheckpointError, HookedTransformer, load_tensor_file, make_model, model_config,
                          set_attention_rate, trainable_params)
 from utils.train.config import TrainConfig
+from utils.train.files import (PENDING, _remove_stale_temporaries, _save_temporary,  # noqa: F401
+                               _text_temporary, atomic_save, atomic_write_text, commit_together,
+                               finish_pending_commits)
 
 __all__ = ["Run", "load_run", "runs_dir", "RunWriter", "start_weights", "UnfinishedRunError", "TrainingDivergedError", "METRICS",
            "STOP_REASONS", "model_cfg"]
@@ -64,35 +67,6 @@ def _announce_end(cfg: TrainConfig, label: str, reason: str, history: dict[str, 
                       f"{cfg.stop_margin} steps and a levelled-off test loss): it has not grokked (or not finished "
                       "cleaning up). Train with more --steps, a larger weight decay or more training data.",
                       RuntimeWarning, stacklevel=3)
-
-
-def atomic_save(obj: object, path: Path, staged: Path | None = None) -> None:
-    """Write with torch.save to a temporary file, fsync, then rename: a reader sees the old or the new file.
-    With `staged` (a temporary already holding obj: _save_temporary), only the rename is left to do."""
-    os.replace(staged or _save_temporary(obj, path), path)
-
-
-def _save_temporary(obj: object, path: Path) -> Path:
-    """torch.save obj to a synced temporary file next to path (renaming it onto path is the commit)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete half-written files left by a writer that died (only call while holding the run's lock)."""
-    for folder in (run_dir, run_dir / "checkpoints"):
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -336,6 +310,7 @@ def prepare_dir(cfg: TrainConfig, run_dir: Path) -> None:
     if not (run_dir / "config.json").exists():
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     (run_dir / "checkpoints").mkdir(exist_ok=True)
+    finish_pending_commits([run_dir])
     _remove_stale_temporaries(run_dir)
 
 
@@ -355,8 +330,9 @@ class RunWriter:
               compiled: bool, final: bool, checkpoint: bool = True) -> Callable[[], None]:
         """Write the files of `save` as synced temporaries; returns the commit, which renames them into place.
         A batch stages every run before committing any, so a kill while writing leaves every run at the same step
-        (runs saved at different steps would resume in separate batches, which round differently). Without
-        `checkpoint`, only state.pt: a resume point off the checkpoint schedule."""
+        (runs saved at different steps would resume in separate batches, which round differently); the commit's
+        `moves` lists its renames (see commit_together). Without `checkpoint`, only state.pt: a resume point off
+        the checkpoint schedule."""
         cfg, run_dir = self.cfg, self.run_dir
         cpu = {k: v.detach().cpu().clone() for k, v in params.items()}
         if not all(torch.isfinite(v).all() for v in cpu.values()):
@@ -370,13 +346,19 @@ class RunWriter:
         if checkpoint:  # committed before state.pt, so state.pt never names a checkpoint still missing
             files.insert(0, ({"config_key": cfg.key(), "step": step, "params": cpu}, checkpoint_path(run_dir, step)))
         staged = [(obj, path, _save_temporary(obj, path)) for obj, path in files]
+        csv = None
+        if final:
+            csv = run_dir / "metrics.csv", _text_temporary(run_dir / "metrics.csv",
+                                                           pd.DataFrame(history).to_csv(index=False))
 
         def commit() -> None:
+            if csv:  # before state.pt: a finished state.pt always has its metrics.csv
+                os.replace(csv[1], csv[0])
             for obj, path, tmp in staged:
                 atomic_save(obj, path, tmp)
             if final:
-                atomic_write_text(run_dir / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
                 _announce_end(cfg, cfg.run_name(), state["stopped"], history)
+        commit.moves = ([(csv[1], csv[0])] if csv else []) + [(tmp, path) for _, path, tmp in staged]
         return commit
 
 
