@@ -47,6 +47,28 @@ def assert_same_run(batched, alone):
     pd.testing.assert_frame_equal(batched.metrics[SAME], alone.metrics[SAME], rtol=1e-4, atol=1e-6)
 
 
+def assert_bit_identical(runs, reference) -> None:
+    """The same weights and metrics, bit for bit (a resumed batch against one never interrupted)."""
+    for run, ref in zip(runs, reference, strict=True):
+        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
+        assert run.metrics[SAME].equals(ref.metrics[SAME])
+
+
+def interrupt_batch(monkeypatch, cfgs: list[TrainConfig], dirs: list, after) -> None:
+    """Train cfgs into dirs batched, stopped by a KeyboardInterrupt right after the first rename of a file for
+    which after(obj, path) holds (a kill that takes effect when that call returns)."""
+    real_save = S.atomic_save
+
+    def save_then_stop(obj, path, *staged):
+        real_save(obj, path, *staged)
+        if after(obj, path):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(S, "atomic_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, dirs, compile=False, progress=False)
+    monkeypatch.setattr(S, "atomic_save", real_save)
+
+
 # --- batched training is training each run alone -------------------------------------------------------
 def test_batched_runs_equal_runs_trained_alone_with_their_own_lr_decay_fraction_and_seed(tmp_path):
     # (Moderate learning rates: at lr 1e-2 a ReLU that sits exactly at 0 can switch on in one run and not in the
@@ -82,8 +104,6 @@ def test_batched_run_is_written_exactly_like_a_single_run(tmp_path):
     assert torch.equal(batched.model_at(20).W_E, load_run(batched.run_dir).model_at(20).W_E)
 
 
-
-
 def test_a_batched_run_resumes_with_train_and_a_single_run_with_train_many(tmp_path, monkeypatch, interrupt_after):
     whole = train(tiny(), tmp_path / "whole", compile=False, progress=False)
     for resume, first in ((train, train_many), (train_many, train)):
@@ -104,21 +124,10 @@ def test_crashed_batch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     cfgs = [tiny(seed=s) for s in range(2)]
     dirs = [tmp_path / f"run{s}" for s in range(2)]
     reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
-    real_save = S.atomic_save
-
-    def crash_after_step_20(obj, path, *staged):
-        real_save(obj, path, *staged)
-        if path.name == "state.pt" and obj["step"] == 20 and path.parent == dirs[-1]:
-            raise KeyboardInterrupt  # after both runs saved step 20
-    monkeypatch.setattr(S, "atomic_save", crash_after_step_20)
-    with pytest.raises(KeyboardInterrupt):
-        train_many(cfgs, dirs, compile=False, progress=False)
-    monkeypatch.setattr(S, "atomic_save", real_save)
+    interrupt_batch(monkeypatch, cfgs, dirs,  # after both runs saved step 20
+                    lambda obj, path: path == dirs[-1] / "state.pt" and obj["step"] == 20)
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
-    for run, ref in zip(resumed, reference):
-        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
-        assert run.metrics[SAME].equals(ref.metrics[SAME])
-
+    assert_bit_identical(resumed, reference)
 
 
 def test_a_batch_killed_while_writing_leaves_every_run_at_one_step_and_resumes_bit_identically(tmp_path, monkeypatch):
@@ -139,9 +148,7 @@ def test_a_batch_killed_while_writing_leaves_every_run_at_one_step_and_resumes_b
     saved = {torch.load(d / "state.pt", weights_only=True)["step"] for d in dirs}
     assert len(saved) == 1 and saved.pop() < 20
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
-    for run, ref in zip(resumed, reference):
-        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
-        assert run.metrics[SAME].equals(ref.metrics[SAME])
+    assert_bit_identical(resumed, reference)
 
 
 def test_a_batch_killed_between_two_runs_renames_is_completed_on_resume_and_stays_bit_identical(tmp_path,
@@ -151,38 +158,19 @@ def test_a_batch_killed_between_two_runs_renames_is_completed_on_resume_and_stay
     cfgs = [tiny(seed=s) for s in range(2)]
     dirs = [tmp_path / f"run{s}" for s in range(2)]
     reference = train_many(cfgs, [tmp_path / f"ref{s}" for s in range(2)], compile=False, progress=False)
-    real_save = S.atomic_save
-
-    def die_after_the_first_runs_state(obj, path, *staged):
-        real_save(obj, path, *staged)
-        if path == dirs[0] / "state.pt" and obj["step"] == 20:
-            raise KeyboardInterrupt  # the second run's files for step 20 are staged, not yet renamed
-    monkeypatch.setattr(S, "atomic_save", die_after_the_first_runs_state)
-    with pytest.raises(KeyboardInterrupt):
-        train_many(cfgs, dirs, compile=False, progress=False)
-    monkeypatch.setattr(S, "atomic_save", real_save)
+    interrupt_batch(monkeypatch, cfgs, dirs,  # the second run's files for step 20 are staged, not yet renamed
+                    lambda obj, path: path == dirs[0] / "state.pt" and obj["step"] == 20)
     assert [torch.load(d / "state.pt", weights_only=True)["step"] for d in dirs] == [20, 0]
     assert all((d / S.PENDING).exists() for d in dirs)
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
     assert not any((d / S.PENDING).exists() for d in dirs)
-    for run, ref in zip(resumed, reference):
-        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
-        assert run.metrics[SAME].equals(ref.metrics[SAME])
+    assert_bit_identical(resumed, reference)
 
 
 def test_a_single_run_opened_alone_completes_its_own_part_of_an_interrupted_batch_commit(tmp_path, monkeypatch):
     cfgs = [tiny(seed=s) for s in range(2)]
     dirs = [tmp_path / f"run{s}" for s in range(2)]
-    real_save = S.atomic_save
-
-    def die_after_the_first_runs_state(obj, path, *staged):
-        real_save(obj, path, *staged)
-        if path == dirs[0] / "state.pt" and obj["step"] == 20:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(S, "atomic_save", die_after_the_first_runs_state)
-    with pytest.raises(KeyboardInterrupt):
-        train_many(cfgs, dirs, compile=False, progress=False)
-    monkeypatch.setattr(S, "atomic_save", real_save)
+    interrupt_batch(monkeypatch, cfgs, dirs, lambda obj, path: path == dirs[0] / "state.pt" and obj["step"] == 20)
     S.prepare_dir(cfgs[1], dirs[1])  # what `train` does first
     assert torch.load(dirs[1] / "state.pt", weights_only=True)["step"] == 20
     assert not (dirs[1] / S.PENDING).exists() and (dirs[0] / S.PENDING).exists()
@@ -205,23 +193,12 @@ def test_a_batch_interrupted_after_a_run_left_it_resumes_the_others_where_it_shr
     left = int(reference[1].metrics.step.iloc[-1])
     assert reference[1].stop_reason != "all steps" and left % cfgs[0].checkpoint_every, "pick a stop off the schedule"
     dirs = [tmp_path / f"run{s}" for s in range(2)]
-    real_save = S.atomic_save
-
-    def stop_once_a_run_left(obj, path, *staged):
-        real_save(obj, path, *staged)
-        if path == dirs[1] / "state.pt" and "stopped" in obj:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(S, "atomic_save", stop_once_a_run_left)
-    with pytest.raises(KeyboardInterrupt):
-        train_many(cfgs, dirs, compile=False, progress=False)
-    monkeypatch.setattr(S, "atomic_save", real_save)
+    interrupt_batch(monkeypatch, cfgs, dirs, lambda obj, path: path == dirs[1] / "state.pt" and "stopped" in obj)
     assert torch.load(dirs[0] / "state.pt", weights_only=True)["step"] == left
     assert not (dirs[0] / "checkpoints" / f"step_{left:06d}.pt").exists()  # a resume point, not a checkpoint
     resumed = train_many(cfgs, dirs, compile=False, progress=False)
-    for run, ref in zip(resumed, reference):
-        assert run.checkpoint_steps == ref.checkpoint_steps
-        assert all(torch.equal(w, weights(ref)[k]) for k, w in weights(run).items())
-        assert run.metrics[SAME].equals(ref.metrics[SAME])
+    assert [r.checkpoint_steps for r in resumed] == [r.checkpoint_steps for r in reference]
+    assert_bit_identical(resumed, reference)
 
 
 # --- grouping ----------------------------------------------------------------------------------------------
