@@ -4,10 +4,10 @@ Every training step allocates the same large tensors again (one [n, d_mlp] hidde
 malloc hands a freed block back to the operating system when the free memory at the top of its heap exceeds its trim
 threshold, and serves blocks above its mmap threshold with fresh pages; either way the next step touches new pages,
 which the kernel must zero one 4 KiB page at a time: thousands of page faults per workshop step, about a tenth of
-its time on the course's 2-core machine (tests/test_heap.py counts the faults). glibc raises both thresholds by itself once it sees large blocks
-freed, up to 32 MiB and 64 MiB, but a training step's blocks do not always take it there. `keep_freed_memory` sets
-those limits at once. It is process-wide and stays set: the process keeps at most 64 MiB of freed memory for
-reuse. Elsewhere (macOS, Windows, musl) it does nothing.
+its time on the course's 2-core machine (tests/test_heap.py counts the faults). glibc raises both thresholds by
+itself once it sees large blocks freed, up to 32 MiB and 64 MiB, but a training step's blocks do not always take it
+there. `keep_freed_memory` sets those limits at once. It is process-wide and stays set: the process keeps at most
+64 MiB of freed memory for reuse. Elsewhere (macOS, Windows, musl) it does nothing.
 """
 from __future__ import annotations
 
