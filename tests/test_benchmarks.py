@@ -3,10 +3,25 @@ import json
 
 import pytest
 
-from benchmarks import soak, sweep_presets, train_many, train_speed
+from benchmarks import robustness_stop, soak, sweep_presets, train_many, train_speed
 from benchmarks.common import replace_block
-from utils import REPO_ROOT
+from utils import REPO_ROOT, claims
 from utils.train import ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, robustness_config
+
+
+def test_readme_robustness_stop_table_is_generated_from_the_results_file():
+    result = json.loads(robustness_stop.RESULTS.read_text())
+    text = (REPO_ROOT / "README.md").read_text()
+    assert robustness_stop.readme_with_table(text, result) == text, \
+        "README.md's robustness_stop table differs from benchmarks/results/robustness_stop.json: run " \
+        "`.venv/bin/python benchmarks/robustness_stop.py --readme`"
+
+
+def test_chapter_6_variance_threshold_lies_below_every_measured_run_at_its_stop():
+    rows = json.loads(robustness_stop.RESULTS.read_text())["rows"]
+    assert {(r["p"], r["seed"]) for r in rows} == set(robustness_stop.PAIRS)
+    stopped = [r["explained"] for r in rows if r["stop_at"] is not None]
+    assert len(stopped) == len(rows) and min(stopped) >= claims.ROBUST_EXPLAINED
 
 
 def test_readme_sweep_table_is_generated_from_the_results_file():

@@ -13,7 +13,8 @@ import torch
 from utils import claims, progress
 from utils.fourier import key_frequencies
 from utils.outcomes import outcome
-from utils.train import TrainConfig, get_run
+from utils.train import (ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, ROBUSTNESS_STOP, TrainConfig, get_run, get_runs,
+                         robustness_config)
 
 UNSEEN = [(59, 1), (97, 2), (127, 5)]  # (p, seed): neither p = 113 nor seed 0 appears in a chapter
 
@@ -53,6 +54,27 @@ def test_chapter_5_claims_hold_on_a_run_no_chapter_uses(unseen_runs, pair):
     assert found.hold(), found.failures()
     by_measures = progress.phases_from_measures(measures)
     assert by_measures.memorisation_end < by_measures.cleanup_start < by_measures.cleanup_end
+
+
+# Chapter 6 asserts utils.claims.robustness on its recipe's runs (ROBUSTNESS_MODULI × ROBUSTNESS_SEEDS, stopped by
+# ROBUSTNESS_STOP); here the same recipe trains two other seeds of each of its moduli (benchmarks/robustness_stop.py,
+# which chose the claim's threshold, uses none of them either).
+CHAPTER6_UNSEEN_SEEDS = (3, 4)
+
+
+def test_chapter_6_claims_hold_on_seeds_the_chapter_never_trains():
+    assert not set(CHAPTER6_UNSEEN_SEEDS) & set(ROBUSTNESS_SEEDS)
+    runs = get_runs([robustness_config(p, seed, **ROBUSTNESS_STOP) for p in ROBUSTNESS_MODULI
+                     for seed in CHAPTER6_UNSEEN_SEEDS], progress=False)
+    found = _show(claims.robustness(claims.robustness_table(runs)))
+    assert found.hold(), found.failures()
+
+
+def test_chapter_6_claims_need_two_seeds_of_each_modulus():
+    one = pd.DataFrame([{"p": 89, "seed": 0, "outcome": "grokked", "key frequencies": [3, 8],
+                         "variance explained": 0.95, "restricted loss": 1e-3, "full loss": 2e-3}])
+    found = claims.robustness(one)
+    assert not found.hold() and "sets" in found.failures()
 
 
 def test_claims_list_what_fails_and_print_a_mark_per_claim():

@@ -14,7 +14,7 @@ import torch
 from utils.data import OPERATIONS, train_test_split
 
 __all__ = ["TrainConfig", "PRESETS", "MIN_TRAIN_PAIRS", "preset_fraction", "ROBUSTNESS_MODULI", "ROBUSTNESS_SEEDS",
-           "ROBUSTNESS_OVERRIDES", "robustness_config", "P_MAX"]
+           "ROBUSTNESS_OVERRIDES", "ROBUSTNESS_STOP", "robustness_config", "P_MAX"]
 
 PRESETS = {
     # The paper's mainline run (Nanda et al. 2023, §3). It trains all 40,000 steps, as the paper did (no early stop).
@@ -33,9 +33,10 @@ MIN_TRAIN_PAIRS = {"workshop": 1500}
 # Chapter 6's robustness runs (solutions/06_beyond.ipynb; benchmarks/train_many.py times them): the workshop preset,
 # stop rule included, for these moduli and seeds, with a larger lr and weight decay (cleanup comes about twice as
 # soon, and the chapter trains 6 runs while the book builds); checkpoints every 100 steps, metrics every 20.
-# The chapter stops them sooner than the preset does (its STOP_AFTER_GROKKING; chapter 9 keeps the preset's rule).
+# The chapter stops them sooner than the preset does, with ROBUSTNESS_STOP (chapter 9 keeps the preset's rule).
 ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS = (89, 97), (0, 1, 2)
 ROBUSTNESS_OVERRIDES = dict(lr=3e-3, weight_decay=3.0, checkpoint_every=100, eval_every=20)
+ROBUSTNESS_STOP = dict(stop_margin=200, stop_loss_fall=10.0)  # 200 steps ≥ 99.9%, test loss falling < 10× over them
 P_MAX = 509  # the largest modulus: evaluation holds [p², p] logits (float32, and float64 for the loss): ~12·p³ bytes
 LATER_FIELDS = {"attention_rate": 1.0, "loss": "cross_entropy", "orthogonal_grad": False, "grokfast_lamb": 0.0,
                 "grokfast_alpha": 0.98, "init_from": "", "keep_train": 1.0}  # fields added later: their defaults
