@@ -1,10 +1,12 @@
 """utils.train: the fast trainer is the HookedTransformer model; runs resume, cache, lock and refuse bad input."""
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -285,6 +287,36 @@ def stopped(proc: subprocess.Popen, timeout: float = 120) -> bool:
     return False
 
 
+class Lines:
+    """A child's text stream, read line by line on a thread, so a test can wait for a line without blocking."""
+
+    def __init__(self, stream):
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+        self.text = ""
+
+    def _read(self, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self.queue.put(line)
+
+    def until(self, text: str, timeout: float = 120) -> None:
+        """Wait until a line read contains `text` (fail after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            try:
+                self.text += self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {text!r} within {timeout:.0f} s; read: {self.text!r}")
+
+    def all(self, timeout: float = 120) -> str:
+        """Everything the stream held, once it is closed."""
+        self.thread.join(timeout)
+        while not self.queue.empty():
+            self.text += self.queue.get()
+        return self.text
+
+
 PAUSE_AT = """
     import os, signal, sys
     import utils.train as T
@@ -312,13 +344,16 @@ def test_a_second_writer_waits_for_the_first_and_never_rewrites_a_finished_run(t
         run = T.train(T.TrainConfig.from_dict({cfg.to_dict()}), {str(run_dir)!r}, compile=False, progress=True)
         print("final step", run.final_step)
     """)
-    time.sleep(5)
-    assert second.poll() is None, second.communicate()  # still waiting: it did not train around the paused writer
+    # on a loaded machine its start-up alone can take seconds: wait for its notice, not a fixed time
+    err = Lines(second.stderr)
+    err.until(f"waiting for process {paused.pid}")
+    assert second.poll() is None, err.text  # still waiting: it did not train around the paused writer
     os.kill(paused.pid, signal.SIGCONT)
     out_b, err_b = paused.communicate(timeout=120)
-    out_a, err_a = second.communicate(timeout=120)
+    out_a, err_a = second.stdout.read(), err.all()
+    second.wait(timeout=120)
     assert paused.returncode == 0 and second.returncode == 0, (err_b, err_a)
-    assert f"waiting for process {paused.pid}" in err_a and "already finished" in err_a
+    assert "already finished" in err_a
     assert "final step 120" in out_a
     state = torch.load(run_dir / "state.pt", weights_only=True)
     assert state["step"] == cfg.steps and state["stopped"] == "all steps"
