@@ -142,6 +142,7 @@ class Run:
 
     stop_reason says how it ended: "grokked" (stopped early by the config's stop rule), "all steps" (no stop rule:
     trained cfg.steps steps) or "step cap" (the stop rule was on, but the run hit cfg.steps without grokking).
+    "grokked" includes runs that generalised at once (no plateau): utils.outcomes.outcome(metrics) tells them apart.
     """
 
     config: TrainConfig
