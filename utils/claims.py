@@ -22,8 +22,7 @@ from utils.outcomes import first_step, outcome
 from utils.progress import Phases, restricted_loss
 
 __all__ = ["Claim", "Claims", "periodicity", "algorithm", "ablations", "progress", "robustness_table", "robustness",
-           "clock_or_pizza",
-           "clock_and_pizza_mechanisms"]
+           "clock_or_pizza", "clock_and_pizza_mechanisms"]
 
 CLUSTER_SHARE = 0.85  # a neuron belongs to a frequency's cluster if that frequency explains ≥ 85% of its variance
 BIG_CLUSTER = 0.01  # a cluster counts if it holds ≥ 1% of the neurons

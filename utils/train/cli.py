@@ -8,7 +8,6 @@ import sys
 import time
 
 from utils.model import CheckpointError
-from utils.outcomes import outcome
 from utils.train.config import PRESETS, TrainConfig
 from utils.train.loop import check_device
 from utils.train.single import get_run, train
@@ -57,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m utils.train: error: {err}", file=sys.stderr)
         return 1
     final = run.metrics.iloc[-1]
-    # the stop rule ends a run that generalised at once too: say which it was
-    ending = {"grokked": f"stopped by the stop rule at step {run.final_step} ({outcome(run.metrics)}, cleanup over)",
+    # the stop rule also ends runs that generalised at once: say what it saw, not "grokked" (utils.outcomes tells)
+    ending = {"grokked": f"stopped by the stop rule at step {run.final_step} (test accuracy ≥ "
+                         f"{cfg.stop_test_acc:.1%} for {cfg.stop_margin} steps, test loss levelled off)",
               "all steps": f"{run.final_step} steps",
               "step cap": f"reached the step cap ({run.final_step} steps) WITHOUT grokking"}[run.stop_reason]
     print(f"{run.run_dir}: {ending}; {time.perf_counter() - start:.0f} s; final train acc "
