@@ -116,7 +116,7 @@ def main() -> int:
             rows.append(measure(p, seed, folder / f"p{p}_s{seed}"))
             print(json.dumps(rows[-1]), flush=True)
     recipe = robustness_config(ROBUSTNESS_MODULI[0], 0, **ROBUSTNESS_STOP).to_dict()
-    result = {"recipe": {k: v for k, v in recipe.items() if k not in ("p", "seed")}, "device": "cpu",
+    result = {"recipe": {k: v for k, v in recipe.items() if k not in ("p", "seed")},
               "steps": STEPS, "machine": {**machine(), "cores": os.cpu_count()}, "rows": rows}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
