@@ -15,9 +15,11 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ from utils.model import make_model  # noqa: E402
 from utils.train import TrainConfig, model_cfg, loss_fn, train  # noqa: E402
 from utils.train.loop import compile_default  # noqa: E402
 
+PRODUCTS = "the eager step's matrix products alone"
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"  # CPU; train_speed_cuda.json: GPU
 README = ROOT / "README.md"
 BEGIN, END = "<!-- train_speed figures: begin (benchmarks/train_speed.py --readme) -->", \
@@ -83,6 +86,33 @@ def step_gflop(cfg: TrainConfig, device: str) -> float:
     return counter.get_total_flops() / 1e9
 
 
+class _Products(TorchDispatchMode):
+    """Records the matrix products a call makes (the op, copies of its inputs) so they can be replayed alone."""
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.baddbmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:  # clone() keeps a transposed view's strides: the replay reads memory alike
+            self.calls.append((func, [a.clone() if isinstance(a, torch.Tensor) else a for a in args], kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def products_alone(step: Callable[[], None]) -> tuple[int, Callable[[], None]]:
+    """The step's own matrix products, at their shapes and layouts, without anything else: (count, replay)."""
+    with _Products() as recorder:  # one more training step of `step`, recorded
+        step()
+    calls = recorder.calls
+
+    def replay() -> None:
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+    return len(calls), replay
+
+
 def matmul_peak_gflops(device: str, n: int = 1024, repeats: int = 20) -> float:
     """The fp32 matrix-product speed of this machine now: GFLOP/s of the fastest of `repeats` n×n products."""
     x, y = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -117,6 +147,17 @@ def floor_sentence(floor: dict) -> str:
             f"{floor['matmul_gflops']} GFLOP/s (fp32 matrix products measured in the same run) = {floor['ms']} ms.")
 
 
+def products_sentence(floor: dict) -> str:
+    """What the step's own matrix products cost alone, against the floor and the 1.3× target (issue #17)."""
+    left = 1.3 * floor["ms"] - floor["products_alone_ms"]
+    return (f"The eager step's own {floor['products']} matrix products alone, replayed at their shapes and "
+            f"layouts in the same interleaved rounds: {floor['products_alone_ms']} ms = "
+            f"{floor['products_alone_ms'] / floor['ms']:.2f}× the floor. Under 1.3× the floor that leaves "
+            + (f"{left:.1f} ms per step for everything else (softmaxes, the loss, gathers, the optimiser)."
+               if left > 0 else "nothing for everything else: at these shapes this machine's matrix products "
+               "alone are over 1.3× the floor."))
+
+
 def readme_block(result: dict) -> str:
     """The README's figures: where they come from, the table of loops, the floor, the time-to-grok run."""
     floor = result.get("floor")
@@ -127,7 +168,7 @@ def readme_block(result: dict) -> str:
     lines += [f"| {LABELS.get(r['loop'], r['loop'])} | {r['ms_per_step']:.1f} | {r['speedup']:.2f}× |"
               + (f" {r['over_floor']:.2f}× |" if floor else "") for r in result["step_time"]]
     if floor:
-        lines += ["", floor_sentence(floor)]
+        lines += ["", floor_sentence(floor)] + (["", products_sentence(floor)] if "products" in floor else [])
     if result.get("time_to_grok"):
         lines += ["", grok_sentence(result["time_to_grok"])]
     return "\n".join(lines)
@@ -158,9 +199,12 @@ def main() -> None:
     loops = {"HookedTransformer loop": plain_loop(cfg, args.device),
              "fast, eager": fast_loop(cfg, compile=False, device=args.device),
              "fast, torch.compile": fast_loop(cfg, compile=True, device=args.device)}
-    ms = interleaved_ms(loops, rounds=3 if args.quick else 8, per_round=5)  # warm-up (compilation) excluded
+    n_products, replay = products_alone(loops["fast, eager"])
+    ms = interleaved_ms(loops | {PRODUCTS: replay}, rounds=3 if args.quick else 8, per_round=5)  # warm-up excluded
+    alone = ms.pop(PRODUCTS)
     gflop, peak = step_gflop(cfg, args.device), matmul_peak_gflops(args.device)
-    floor = {"gflop_per_step": round(gflop, 2), "matmul_gflops": round(peak, 1), "ms": round(1000 * gflop / peak, 1)}
+    floor = {"gflop_per_step": round(gflop, 2), "matmul_gflops": round(peak, 1), "ms": round(1000 * gflop / peak, 1),
+             "products": n_products, "products_alone_ms": round(alone, 1)}
     base = ms["HookedTransformer loop"]
     rows = [{"loop": name, "ms_per_step": round(t, 1), "speedup": round(base / t, 2),
              "over_floor": round(t / floor["ms"], 2)} for name, t in ms.items()]
@@ -173,6 +217,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['loop']:32} {row['ms_per_step']:9.1f} {row['speedup']:8.2f}x {row['over_floor']:7.2f}x")
     print(floor_sentence(floor))
+    print(products_sentence(floor))
     if result["time_to_grok"]:
         print("\n" + grok_sentence(result["time_to_grok"]))
     path = args.out or (None if args.quick else RESULTS if args.device == "cpu" else

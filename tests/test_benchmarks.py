@@ -6,7 +6,7 @@ import pytest
 from benchmarks import robustness_stop, soak, sweep_presets, train_many, train_speed
 from benchmarks.common import replace_block
 from utils import REPO_ROOT, claims
-from utils.train import ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, robustness_config
+from utils.train import ROBUSTNESS_MODULI, ROBUSTNESS_SEEDS, TrainConfig, robustness_config
 
 
 def test_readme_robustness_stop_table_is_generated_from_the_results_file():
@@ -89,6 +89,25 @@ def test_train_speed_reports_where_the_preset_stopped_when_the_file_records_it()
     grok = json.loads(train_speed.RESULTS.read_text())["time_to_grok"] | {"stopped_at": 1670, "stop_reason": "grokked"}
     sentence = train_speed.grok_sentence(grok)
     assert "ended at step 1,670 (grokked" in sentence and "predates" not in sentence
+
+
+def test_the_replayed_products_are_the_steps_own_matrix_products_and_nothing_else():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.common import fast_loop
+    cfg = TrainConfig.preset("workshop", p=23)
+    count, replay = train_speed.products_alone(fast_loop(cfg, compile=False))
+    with FlopCounterMode(display=False) as counter:
+        replay()
+    assert count >= 12  # MLP in and out, unembed, W_O: three products each (forward, two gradients)
+    assert counter.get_total_flops() / 1e9 == pytest.approx(train_speed.step_gflop(cfg, "cpu"), rel=1e-12)
+
+
+def test_products_sentence_says_what_the_13x_target_leaves_for_the_rest_of_the_step():
+    room = train_speed.products_sentence({"ms": 20.0, "products": 33, "products_alone_ms": 22.0})
+    assert "1.10× the floor" in room and "leaves 4.0 ms per step" in room
+    none = train_speed.products_sentence({"ms": 17.0, "products": 33, "products_alone_ms": 22.3})
+    assert "1.31× the floor" in none and "nothing for everything else" in none
 
 
 def test_train_many_times_chapter_6s_runs_with_the_stop_rule_off():
