@@ -2,11 +2,14 @@
 description of the machine they ran on, and the README blocks generated from their results."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -91,3 +94,22 @@ def replace_block(text: str, begin: str, end: str, block: str) -> str:
                          "around the generated block")
     head, rest = text.split(begin)
     return f"{head}{begin}\n{block}\n{end}{rest.split(end)[1]}"
+
+
+def sweep_arguments(doc: str) -> argparse.Namespace:
+    """The sweeps' shared command line: --table, --readme (answered from the results file) and --keep."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="print the table from the results file and stop")
+    parser.add_argument("--readme", action="store_true", help="write the table from the results file into README.md")
+    parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
+    return parser.parse_args()
+
+
+def answer_from_file(args: argparse.Namespace, results: Path, readme: Path, table: Callable[[list[dict]], str],
+                     readme_with_table: Callable[[str, dict], str]) -> bool:
+    """--table prints the results file's table, --readme writes it into README.md; True if either was asked."""
+    if args.table:
+        print(table(json.loads(results.read_text())["rows"]))
+    elif args.readme:
+        readme.write_text(readme_with_table(readme.read_text(), json.loads(results.read_text())))
+    return args.table or args.readme

@@ -14,7 +14,6 @@ their trajectories differ from these in float rounding) and eight others; tests/
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, machine_words, replace_block  # noqa: E402
+from benchmarks.common import (answer_from_file, machine, machine_words, replace_block,  # noqa: E402
+                               sweep_arguments)
 from utils.fourier import key_frequencies  # noqa: E402
 from utils.mechanism import logit_variance_explained  # noqa: E402
 from utils.outcomes import first_step, outcome  # noqa: E402
@@ -98,16 +98,8 @@ def readme_with_table(text: str, result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="store_true", help="print the table from the results file and stop")
-    parser.add_argument("--readme", action="store_true", help="write the table from the results file into README.md")
-    parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
-    args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(RESULTS.read_text())["rows"]))
-        return 0
-    if args.readme:
-        README.write_text(readme_with_table(README.read_text(), json.loads(RESULTS.read_text())))
+    args = sweep_arguments(__doc__)
+    if answer_from_file(args, RESULTS, README, table, readme_with_table):
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

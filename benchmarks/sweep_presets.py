@@ -14,7 +14,6 @@ p = 113 with seed 0 (the course's own run, on which the preset was first chosen)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, replace_block  # noqa: E402
+from benchmarks.common import answer_from_file, machine, replace_block, sweep_arguments  # noqa: E402
 from utils.outcomes import first_step, outcome  # noqa: E402
 from utils.progress import phase_boundaries  # noqa: E402
 from utils.train import TrainConfig, load_run  # noqa: E402
@@ -96,16 +95,8 @@ def readme_with_table(text: str, result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="store_true", help="print the table from the results file and stop")
-    parser.add_argument("--readme", action="store_true", help="write the table from the results file into README.md")
-    parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
-    args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(RESULTS.read_text())["rows"]))
-        return 0
-    if args.readme:
-        README.write_text(readme_with_table(README.read_text(), json.loads(RESULTS.read_text())))
+    args = sweep_arguments(__doc__)
+    if answer_from_file(args, RESULTS, README, table, readme_with_table):
         return 0
     preset = TrainConfig.preset("workshop")
     rows: list[dict] = []
