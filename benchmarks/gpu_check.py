@@ -194,7 +194,7 @@ def step_train_many(ctx: Context) -> tuple[str, dict]:
     """benchmarks/train_many.py on the device: batched vs one after another."""
     result = run_benchmark(ctx, "train_many")
     rows = {row["how"]: row for row in result["rows"]}
-    batched = rows["batched (train_many, default)"]
+    batched = rows["batched (train_many)"]
     figure = (f"batched step {batched['ratio_to_one_after_another']:.2f}x the time of "
               "one after another")
     if not ctx.quick:

@@ -72,7 +72,7 @@ def test_readme_block_replaces_only_what_lies_between_its_markers():
 def _train_many_result(batched_ratio: float) -> dict:
     rows = [{"how": "one after another (train)", "ms_per_step": 100.0, "ratio_to_one_after_another": 1.0,
              "total_s": 10.0},
-            {"how": "batched (train_many, default)", "ms_per_step": 100.0 * batched_ratio,
+            {"how": "batched (train_many)", "ms_per_step": 100.0 * batched_ratio,
              "ratio_to_one_after_another": batched_ratio, "total_s": 10.0 * batched_ratio}]
     return {"machine": {"threads": 4, "torch": "x"}, "device": "cpu",
             "set": {"moduli": [97], "seeds": [0, 1], "steps": {"97": 10}, "runs": 2}, "rows": rows,

@@ -214,6 +214,29 @@ def test_incompatible_configs_train_in_separate_batches_and_come_back_in_order(t
     assert_same_run(runs[3], train(cfgs[3], tmp_path / "sub", compile=False, progress=False))
 
 
+def test_on_a_cpu_only_models_with_small_products_are_batched_unless_asked(tmp_path, monkeypatch):
+    cfgs = [tiny(seed=s, steps=10) for s in range(3)]
+    work = cfgs[0].n_train() * cfgs[0].d_model * cfgs[0].d_mlp
+    seen = record_batches(monkeypatch)
+    monkeypatch.setattr(M, "CPU_BATCH_WORK", work)  # at the limit: batched
+    train_many(cfgs, [tmp_path / f"small{i}" for i in range(3)], device="cpu", compile=False, progress=False)
+    monkeypatch.setattr(M, "CPU_BATCH_WORK", work - 1)  # above it: one after another …
+    train_many(cfgs, [tmp_path / f"large{i}" for i in range(3)], device="cpu", compile=False, progress=False)
+    train_many(cfgs, [tmp_path / f"asked{i}" for i in range(3)], device="cpu", compile=False, progress=False,
+               max_models=3)  # … unless max_models asks for a batch
+    assert [len(batch) for batch in seen] == [3, 1, 1, 1, 3]
+
+
+def test_chapter_6s_robustness_set_trains_one_after_another_on_a_cpu_and_batched_on_a_gpu():
+    # what chapter 6 and the README say of its set (benchmarks/results/train_many.json: batching lost there)
+    cfgs = [T.robustness_config(p, seed, **T.ROBUSTNESS_STOP) for p in T.ROBUSTNESS_MODULI
+            for seed in T.ROBUSTNESS_SEEDS]
+    for group in batches(cfgs):
+        members = [cfgs[i] for i in group]
+        assert M._default_max_models(members, "cpu") == 1
+        assert M._default_max_models(members, "cuda") is None
+
+
 def test_training_sets_of_very_different_sizes_train_in_separate_batches(tmp_path, monkeypatch):
     seen = record_batches(monkeypatch)
     cfgs = [tiny(frac_train=f, steps=10) for f in (0.3, 0.7, 0.65, 0.32, 0.5)]  # 87, 202, 188, 92, 144 pairs

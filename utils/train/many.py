@@ -7,10 +7,13 @@ seed, lr, weight decay, betas, warm-up, data, operation, attention rate and grad
 sizes are padded to a common length with zero-weight rows. Each run is written to its own directory by the same
 RunWriter as `train`, so `load_run`, `get_run` and `train` (to resume) all work on it.
 
-On a CPU the work is compute-bound, so batching saves the per-step overheads but not the arithmetic
-(benchmarks/train_many.py measures the ratio against one run after another; results/train_many.json). On a GPU,
-where one small model leaves the device mostly idle, a batch should cost little more than one run. torch.compile
-is off by default here: on the course's CPU it made the batched step slower (the same benchmark measures it).
+On a CPU the work is compute-bound, so batching saves the per-step overheads but not the arithmetic: it pays for
+small models, whose many small operations it merges, and loses for larger ones, whose stacked tensors no longer
+fit the caches. So on a CPU only models whose MLP product is small (CPU_BATCH_WORK) are batched by default, and
+larger ones train one after another (benchmarks/train_many.py measures chapter 6's set both ways;
+results/train_many.json). On a GPU, where one small model leaves the device mostly idle, everything compatible is
+batched. torch.compile is off by default here: on the course's CPU it made the batched step slower (the same
+benchmark measures it).
 """
 from __future__ import annotations
 
@@ -32,10 +35,15 @@ from utils.train.store import (METRICS, Run, RunWriter, TrainingDivergedError, U
                                check_cached, commit_together, finish_pending_commits, finished, load_run, params_for,
                                prepare_dir, read_config, read_state, runs_dir, start_weights)
 
-__all__ = ["train_many", "get_runs", "batches", "BATCH_FIELDS"]
+__all__ = ["train_many", "get_runs", "batches", "BATCH_FIELDS", "CPU_BATCH_WORK"]
 
 # What must be equal for two configurations to train in the same batch (the tensors' shapes and the loop).
 BATCH_FIELDS = ("p", "d_model", "n_heads", "d_mlp", "steps", "checkpoint_every", "eval_every", "loss")
+# On a CPU, by default, models are batched only if n_train · d_model · d_mlp (one MLP product's multiply-adds) is at
+# most this. Measured on the course's 2-core machine, batched against one after another: chapter 6's map (p = 53,
+# d_model 64, d_mlp 256; up to 3.2e7) 1.3x faster; chapter 9's runs (p = 59, 1.0e8) 1.1x slower; chapter 8's runs
+# (1.8e8) 1.26x and chapter 6's robustness set (1.6e8 and 1.9e8) 1.2x slower.
+CPU_BATCH_WORK = 2 ** 26  # 6.7e7
 
 
 def _batch_key(cfg: TrainConfig) -> tuple:
@@ -77,9 +85,9 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
                max_padding: float = 0.2) -> list[Run]:
     """Train (or resume) several runs, batched, and return them in order. Without run_dirs, use the cache (`get_runs`).
 
-    Configs that agree on BATCH_FIELDS train together, at most max_models at a time, and only with training sets
-    at least (1 - max_padding) times the largest in their batch (padding rows cost as much as real ones; 1 pads
-    anything). Each run_dirs[i] ends up exactly as train(cfgs[i], run_dirs[i]) would leave it, up to float rounding:
+    Configs that agree on BATCH_FIELDS train together, at most max_models at a time (default: all of them, but one
+    at a time on a CPU for models above CPU_BATCH_WORK), and only with training sets at least (1 - max_padding) times
+    the largest in their batch (padding rows cost as much as real ones; 1 pads anything). Each run_dirs[i] ends up exactly as train(cfgs[i], run_dirs[i]) would leave it, up to float rounding:
     with a stop rule each run stops on its own (its files are final, and it leaves the batch); finished runs are
     loaded, never retrained. Holds every directory's lock while it works. If some runs diverge, the others finish
     and then a TrainingDivergedError names those that did.
@@ -102,7 +110,8 @@ def train_many(cfgs: list[TrainConfig], run_dirs: list[str | Path] | None = None
         groups = _unfinished_groups(cfgs, dirs)
         diverged: list[str] = []
         for members in groups:
-            for chunk in _chunks(members, [cfgs[i].n_train() for i in members], max_models, max_padding):
+            limit = max_models or _default_max_models([cfgs[i] for i in members], device)
+            for chunk in _chunks(members, [cfgs[i].n_train() for i in members], limit, max_padding):
                 diverged += _Batch([cfgs[i] for i in chunk], [dirs[i] for i in chunk], device, compile).train(progress)
         if diverged:
             raise TrainingDivergedError(f"{len(diverged)} run(s) diverged (the others finished):\n" + "\n".join(diverged))
@@ -118,6 +127,13 @@ def _check_batching(max_models: object, max_padding: object) -> None:
         raise ValueError(f"max_models must be a positive integer or None, got {max_models!r}")
     if isinstance(max_padding, bool) or not isinstance(max_padding, (int, float)) or not 0 <= max_padding <= 1:
         raise ValueError(f"max_padding must be a number in [0, 1], got {max_padding!r}")
+
+
+def _default_max_models(cfgs: list[TrainConfig], device: str) -> int | None:
+    """No limit, except one model at a time on a CPU when the models' MLP products are large (CPU_BATCH_WORK)."""
+    c = cfgs[0]  # the group shares its shapes; the largest training set decides
+    work = max(cfg.n_train() for cfg in cfgs) * c.d_model * c.d_mlp
+    return 1 if torch.device(device).type == "cpu" and work > CPU_BATCH_WORK else None
 
 
 def _unfinished_groups(cfgs: list[TrainConfig], dirs: list[Path]) -> list[list[int]]:
